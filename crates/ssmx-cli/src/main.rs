@@ -1,0 +1,106 @@
+//! `ssmx`: Session Manager client, agent, gateway and demo in one command.
+
+mod agent;
+mod client;
+mod demo;
+mod gateway;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// AWS Systems Manager Session Manager, all three ends.
+#[derive(Parser)]
+#[command(name = "ssmx", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// AWS shared-config profile.
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// AWS region.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// SSM API endpoint (an ssmx gateway, or a custom AWS endpoint).
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+    /// More logging (-v info, -vv debug, -vvv trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive shell on a target.
+    Shell(client::ShellArgs),
+    /// Forward local ports to a target (or a host reachable from it).
+    PortForward(client::PortForwardArgs),
+    /// Byte pipe to the target's SSH port, for `ssh -o ProxyCommand=...`.
+    SshProxy(client::SshProxyArgs),
+    /// Run a command on a target; exits with its exit code.
+    Exec(client::ExecArgs),
+    /// List or terminate sessions.
+    Sessions(client::SessionsArgs),
+    /// Run or administer the self-hosted gateway.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
+    /// Register or run the agent on a target host.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Start a gateway and an agent locally and open a shell through them.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssmx: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Shell(args) => client::shell(&cli.global, args).await,
+            Command::PortForward(args) => client::port_forward(&cli.global, args).await,
+            Command::SshProxy(args) => client::ssh_proxy(&cli.global, args).await,
+            Command::Exec(args) => client::exec(&cli.global, args).await,
+            Command::Sessions(args) => client::sessions(&cli.global, args).await,
+            Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
+            Command::Agent(cmd) => agent::run(&cli.global, cmd).await,
+            Command::Demo(args) => demo::run(&cli.global, args).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ssmx: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SSMX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
