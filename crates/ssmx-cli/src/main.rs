@@ -1,6 +1,7 @@
 //! `ssmx`: Session Manager client, agent, gateway and demo in one command.
 
 mod agent;
+mod bench;
 mod client;
 mod demo;
 mod gateway;
@@ -56,6 +57,8 @@ enum Command {
     Agent(agent::AgentCommand),
     /// Start a gateway and an agent locally and open a shell through them.
     Demo(demo::DemoArgs),
+    /// Measure throughput, latency, set-up time and concurrency end to end on loopback.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
             Command::Agent(cmd) => agent::run(&cli.global, cmd).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,
+            Command::Bench(args) => bench::run(&cli.global, args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -1,0 +1,473 @@
+//! The end-to-end harness: a real gateway and a real agent as child processes on 127.0.0.1 with
+//! ephemeral ports, and helpers to run the real `ssmx` client and aws-cli against them.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Access key the test gateway accepts; the client side uses it through the AWS environment.
+pub const ACCESS_KEY_ID: &str = "AKIASSMXE2ETEST00001";
+/// Its secret.
+pub const SECRET_ACCESS_KEY: &str = "ssmx-e2e-secret-key-0123456789abcdefABCD";
+/// Region the stack runs in.
+pub const REGION: &str = "us-east-1";
+/// How long any single step may take before the test gives up (a hang guard, not a timing goal).
+pub const STEP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Path of a binary of this package.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "ssmx" => PathBuf::from(env!("CARGO_BIN_EXE_ssmx")),
+        "session-manager-plugin" => PathBuf::from(env!("CARGO_BIN_EXE_session-manager-plugin")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The workspace root (for the Python virtualenv that scripts/setup-test-env creates).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A gateway and one registered agent, running until dropped.
+pub struct Stack {
+    /// Scratch directory holding config, database, agent state and logs.
+    pub dir: tempfile::TempDir,
+    /// Base URL of the gateway (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// The agent's managed-instance id.
+    pub instance_id: String,
+    gateway: ChildGuard,
+    agent: Option<ChildGuard>,
+}
+
+/// Kills (SIGTERM, then SIGKILL) and reaps a child process when dropped.
+pub struct ChildGuard(pub Child, pub &'static str);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+/// Asks a child to stop with SIGTERM, waits up to 5 s, then kills it.
+pub fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Stack {
+    /// Starts a gateway on an ephemeral port, registers an agent with a fresh activation and
+    /// starts it, and waits until the gateway reports it online.
+    pub fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        let db = dir.path().join("gateway.db");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\nregion = \"{REGION}\"\nrecordings_dir = \"{}\"\n\n[[credentials]]\naccess_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key = \"{SECRET_ACCESS_KEY}\"\nuser = \"tester\"\n",
+                db.display(),
+                dir.path().join("recordings").display()
+            ),
+        )
+        .unwrap();
+        let ready = dir.path().join("gateway.url");
+        let gateway = ChildGuard(
+            Command::new(bin("ssmx"))
+                .args(["gateway", "run", "--config"])
+                .arg(&config)
+                .arg("--ready-file")
+                .arg(&ready)
+                .stdout(Stdio::null())
+                .stderr(log_file(dir.path(), "gateway.log"))
+                .spawn()
+                .expect("start ssmx gateway"),
+            "gateway",
+        );
+        let url = wait_for(
+            || {
+                std::fs::read_to_string(&ready)
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+            },
+            "gateway ready file",
+        )
+        .trim()
+        .to_owned();
+
+        let activation = run_ok(
+            Command::new(bin("ssmx"))
+                .args(["gateway", "activation", "create", "--config"])
+                .arg(&config),
+        );
+        let activation: serde_json::Value =
+            serde_json::from_slice(&activation.stdout).expect("activation JSON");
+        let state_dir = dir.path().join("agent");
+        let registered = run_ok(
+            Command::new(bin("ssmx"))
+                .args(["agent", "register", "--gateway", &url, "--activation-id"])
+                .arg(activation["ActivationId"].as_str().unwrap())
+                .arg("--activation-code")
+                .arg(activation["ActivationCode"].as_str().unwrap())
+                .arg("--state-dir")
+                .arg(&state_dir),
+        );
+        let registered: serde_json::Value =
+            serde_json::from_slice(&registered.stdout).expect("register JSON");
+        let instance_id = registered["InstanceId"].as_str().unwrap().to_owned();
+
+        let mut stack = Stack {
+            url,
+            instance_id,
+            gateway,
+            agent: None,
+            dir,
+        };
+        stack.start_agent();
+        stack
+    }
+
+    /// (Re)starts the agent process and waits until it is online.
+    pub fn start_agent(&mut self) {
+        self.agent = None;
+        let agent = Command::new(bin("ssmx"))
+            .args(["agent", "run", "--state-dir"])
+            .arg(self.dir.path().join("agent"))
+            .arg("--log-dir")
+            .arg(self.dir.path().join("sessions"))
+            .env("SSMX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(self.dir.path(), "agent.log"))
+            .spawn()
+            .expect("start ssmx agent");
+        self.agent = Some(ChildGuard(agent, "agent"));
+        wait_for(
+            || (self.ping_status().as_deref() == Some("Online")).then_some(()),
+            "agent online",
+        );
+    }
+
+    /// The agent's ping status as DescribeInstanceInformation reports it.
+    pub fn ping_status(&self) -> Option<String> {
+        let ssm = self.sdk();
+        let target = self.instance_id.clone();
+        runtime().block_on(async move {
+            let out = ssm.describe_instance_information().send().await.ok()?;
+            out.instance_information_list()
+                .iter()
+                .find(|i| i.instance_id() == Some(target.as_str()))
+                .and_then(|i| i.ping_status())
+                .map(|s| s.as_str().to_owned())
+        })
+    }
+
+    /// An aws-sdk-ssm client for the gateway, with the stack's credentials.
+    pub fn sdk(&self) -> aws_sdk_ssm::Client {
+        let creds = aws_sdk_ssm::config::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "e2e",
+        );
+        let config = aws_sdk_ssm::Config::builder()
+            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssm::config::Region::new(REGION))
+            .credentials_provider(creds)
+            .endpoint_url(&self.url)
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// The agent's process id, if it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|g| g.0.id())
+    }
+
+    /// The `ssmx` binary with the stack's endpoint, region and credentials.
+    pub fn ssmx(&self) -> Command {
+        let mut cmd = Command::new(bin("ssmx"));
+        self.aws_env(&mut cmd);
+        cmd.args(["--endpoint-url", &self.url, "--region", REGION]);
+        cmd
+    }
+
+    /// Sets the AWS environment (credentials, region, no shared config) on `cmd`.
+    pub fn aws_env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_REGION", REGION)
+            .env("AWS_CONFIG_FILE", self.dir.path().join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+
+    /// A file under the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The gateway's and agent's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        ["gateway.log", "agent.log"]
+            .iter()
+            .map(|f| {
+                format!(
+                    "--- {f} ---\n{}",
+                    std::fs::read_to_string(self.path(f)).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A runtime for the harness's few SDK calls.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join(name)).unwrap())
+}
+
+/// Runs `cmd` to completion and insists on success.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `f` until it yields a value, failing the test after [`STEP_DEADLINE`].
+pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> T {
+    let deadline = Instant::now() + STEP_DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP echo server on 127.0.0.1 running on a background thread for the test's lifetime.
+pub fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    port
+}
+
+/// Connects to 127.0.0.1:`port`, retrying while the listener comes up.
+pub fn connect(port: u16) -> TcpStream {
+    wait_for(
+        || TcpStream::connect(("127.0.0.1", port)).ok(),
+        "local port to accept",
+    )
+}
+
+/// Sends `data` over `conn` and reads the same number of bytes back.
+pub fn echo_roundtrip(conn: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    conn.set_read_timeout(Some(STEP_DEADLINE)).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let payload = data.to_vec();
+    let sender = std::thread::spawn(move || writer.write_all(&payload));
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).unwrap();
+    sender.join().unwrap().unwrap();
+    back
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tmux server of its own (socket under the scratch dir) running one command in a pane.
+pub struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a detached `cols`×`rows` tmux session.
+    pub fn start(dir: &Path, command: &str, cols: u16, rows: u16) -> Tmux {
+        let tmux = Tmux {
+            socket: dir.join("tmux.sock"),
+        };
+        let status = tmux
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
+            .arg(format!("{command}; echo \"[exit $?]\"; sleep 600"))
+            .status()
+            .expect("tmux");
+        assert!(status.success(), "tmux new-session failed");
+        tmux
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.socket).env_remove("TMUX");
+        c
+    }
+
+    /// Types `keys` (tmux key names, e.g. "Enter", "C-d") into the pane.
+    pub fn send_keys(&self, keys: &[&str]) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", "t"])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Types literal text.
+    pub fn type_text(&self, text: &str) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", "t", "-l", text])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The pane's visible text.
+    pub fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "t", "-S", "-200"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Resizes the window (and so the pane's terminal).
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let status = self
+            .cmd()
+            .args([
+                "resize-window",
+                "-t",
+                "t",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until the screen contains `needle`, returning the screen.
+    pub fn wait_for_text(&self, needle: &str) -> String {
+        let mut last = String::new();
+        let deadline = Instant::now() + STEP_DEADLINE;
+        while Instant::now() < deadline {
+            last = self.screen();
+            if last.contains(needle) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {needle:?} on screen:\n{last}");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// Reads a child's stdout line by line until one contains `needle`.
+pub fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(n > 0, "stream ended before {needle:?}; got:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+}
+
+/// Wraps a child's stdout for [`read_until`].
+pub fn lines(child: &mut Child) -> BufReader<std::process::ChildStdout> {
+    BufReader::new(child.stdout.take().unwrap())
+}

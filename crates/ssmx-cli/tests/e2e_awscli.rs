@@ -1,0 +1,179 @@
+//! Unmodified aws-cli and boto3 (from the virtualenv scripts/setup-test-env makes) against the
+//! gateway, with our `session-manager-plugin` on PATH.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{ChildGuard, Stack, Tmux};
+
+fn venv_bin(name: &str) -> PathBuf {
+    let path = common::workspace_root().join(".venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-test-env first",
+        path.display()
+    );
+    path
+}
+
+/// PATH with our plugin first, then the virtualenv, then the system.
+fn path_with_plugin() -> String {
+    let plugin_dir = common::bin("session-manager-plugin")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let venv = common::workspace_root().join(".venv/bin");
+    format!(
+        "{}:{}:{}",
+        plugin_dir.display(),
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn aws(stack: &Stack) -> Command {
+    let mut cmd = Command::new(venv_bin("aws"));
+    stack.aws_env(&mut cmd);
+    cmd.env("PATH", path_with_plugin()).args([
+        "--endpoint-url",
+        &stack.url,
+        "--region",
+        common::REGION,
+    ]);
+    cmd
+}
+
+#[test]
+fn aws_cli_runs_a_command_session_through_our_plugin() {
+    let stack = Stack::start();
+    let out = aws(&stack)
+        .args(["ssm", "start-session", "--target", &stack.instance_id])
+        .args([
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+        ])
+        .arg(r#"{"command":["echo from-aws-cli-$((20+1))"]}"#)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aws-cli failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdout,
+        stack.logs()
+    );
+    assert!(
+        stdout.contains("Starting session with SessionId"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("from-aws-cli-21"), "{stdout}");
+}
+
+#[test]
+fn aws_cli_port_forwarding_session_forwards_tcp() {
+    let stack = Stack::start();
+    let echo = common::echo_server();
+    let local = common::free_port();
+    let _session = ChildGuard(
+        aws(&stack)
+            .args(["ssm", "start-session", "--target", &stack.instance_id])
+            .args([
+                "--document-name",
+                "AWS-StartPortForwardingSession",
+                "--parameters",
+            ])
+            .arg(format!(
+                r#"{{"portNumber":["{echo}"],"localPortNumber":["{local}"]}}"#
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "aws ssm start-session",
+    );
+    let mut conn = common::connect(local);
+    let data = common::pattern(100_000, 3);
+    assert!(common::echo_roundtrip(&mut conn, &data) == data);
+}
+
+#[test]
+fn aws_cli_interactive_shell_in_a_terminal() {
+    let stack = Stack::start();
+    let command = format!(
+        "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_CONFIG_FILE={} AWS_SHARED_CREDENTIALS_FILE={} PATH={} {} --endpoint-url {} --region {} ssm start-session --target {}",
+        common::ACCESS_KEY_ID,
+        common::SECRET_ACCESS_KEY,
+        stack.path("none").display(),
+        stack.path("none").display(),
+        path_with_plugin(),
+        venv_bin("aws").display(),
+        stack.url,
+        common::REGION,
+        stack.instance_id
+    );
+    let tmux = Tmux::start(stack.dir.path(), &command, 100, 30);
+    tmux.wait_for_text("Starting session with SessionId");
+    tmux.type_text("echo shell-via-aws-$((3*3))");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("shell-via-aws-9");
+    tmux.type_text("exit");
+    tmux.send_keys(&["Enter"]);
+    let screen = tmux.wait_for_text("[exit ");
+    assert!(screen.contains("[exit 0]"), "{screen}");
+}
+
+#[test]
+fn aws_cli_and_boto3_manage_sessions() {
+    let stack = Stack::start();
+    // boto3: start a session (left unattached), see it listed, terminate it, see it in history.
+    let script = r#"
+import sys, boto3
+ssm = boto3.client("ssm", endpoint_url=sys.argv[1], region_name=sys.argv[2])
+sid = ssm.start_session(Target=sys.argv[3])["SessionId"]
+active = [s["SessionId"] for s in ssm.describe_sessions(State="Active")["Sessions"]]
+assert sid in active, (sid, active)
+ssm.terminate_session(SessionId=sid)
+history = {s["SessionId"]: s["Status"] for s in ssm.describe_sessions(State="History")["Sessions"]}
+assert history.get(sid) in ("Terminated", "Terminating"), history
+try:
+    ssm.start_session(Target="mi-00000000000000000")
+    raise SystemExit("expected TargetNotConnected")
+except ssm.exceptions.TargetNotConnected:
+    pass
+print("boto3-ok")
+"#;
+    let mut py = Command::new(venv_bin("python"));
+    stack.aws_env(&mut py);
+    let out = py
+        .arg("-c")
+        .arg(script)
+        .args([&stack.url, common::REGION, &stack.instance_id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("boto3-ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stack.logs()
+    );
+
+    // aws-cli lists the agent and refuses a disconnected target with the AWS error code.
+    let out = aws(&stack)
+        .args(["ssm", "describe-instance-information", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&stack.instance_id));
+    let out = aws(&stack)
+        .args(["ssm", "start-session", "--target", "mi-00000000000000000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TargetNotConnected"));
+}

@@ -1,0 +1,108 @@
+//! Port forwarding end to end: `ssmx port-forward` and `ssmx ssh-proxy` through gateway and agent
+//! to real TCP servers, with many connections at once.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{echo_roundtrip, ChildGuard, Stack};
+
+#[test]
+fn parallel_connections_through_one_forward_arrive_byte_exact() {
+    let stack = Stack::start();
+    let echo = common::echo_server();
+    let local = common::free_port();
+    let _forward = ChildGuard(
+        stack
+            .ssmx()
+            .args([
+                "port-forward",
+                &stack.instance_id,
+                "--remote-port",
+                &echo.to_string(),
+                "--local-port",
+                &local.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    common::connect(local);
+
+    let workers: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = common::pattern(256 * 1024 + i * 1000, i as u64 + 1);
+                let mut conn = common::connect(local);
+                let back = echo_roundtrip(&mut conn, &data);
+                assert!(back == data, "stream {i} corrupted");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+#[test]
+fn forward_to_a_port_that_refuses_keeps_the_listener_usable() {
+    let stack = Stack::start();
+    let closed = common::free_port(); // nothing listens there
+    let echo = common::echo_server();
+    let local_bad = common::free_port();
+    let local_good = common::free_port();
+    let _forward = ChildGuard(
+        stack
+            .ssmx()
+            .args([
+                "port-forward",
+                &stack.instance_id,
+                "-L",
+                &format!("{local_bad}:localhost:{closed}"),
+                "-L",
+            ])
+            .arg(format!("127.0.0.1:{local_good}:localhost:{echo}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    // The refused destination closes our local connection instead of hanging it.
+    let mut conn = common::connect(local_bad);
+    conn.set_read_timeout(Some(common::STEP_DEADLINE)).unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected EOF from a refused destination");
+    // The other forward of the same invocation still works.
+    let mut conn = common::connect(local_good);
+    assert_eq!(echo_roundtrip(&mut conn, b"still alive"), b"still alive");
+}
+
+#[test]
+fn ssh_proxy_pipes_bytes_to_the_remote_port() {
+    let stack = Stack::start();
+    let echo = common::echo_server();
+    let mut proxy = stack
+        .ssmx()
+        .args(["ssh-proxy", &stack.instance_id, "--port", &echo.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = common::pattern(300_000, 7);
+    let mut stdin = proxy.stdin.take().unwrap();
+    let mut stdout = proxy.stdout.take().unwrap();
+    let payload = data.clone();
+    // stdin stays open until the echo is back: EOF on stdin ends the proxy, as ssh expects.
+    let writer =
+        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &payload).map(|()| stdin));
+    let mut back = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut stdout, &mut back).unwrap();
+    let _stdin = writer.join().unwrap().unwrap();
+    assert!(back == data, "ssh-proxy stream corrupted");
+    common::terminate(&mut proxy);
+}

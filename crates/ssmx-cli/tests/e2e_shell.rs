@@ -1,0 +1,88 @@
+//! Interactive shell end to end: the real `ssmx shell` in a real terminal (tmux) → gateway →
+//! agent → a shell on a PTY, and back.
+
+mod common;
+
+use common::{Stack, Tmux};
+
+fn shell_command(stack: &Stack) -> String {
+    let mut parts = vec![
+        format!("AWS_ACCESS_KEY_ID={}", common::ACCESS_KEY_ID),
+        format!("AWS_SECRET_ACCESS_KEY={}", common::SECRET_ACCESS_KEY),
+        format!("AWS_CONFIG_FILE={}", stack.path("no-aws-config").display()),
+        format!(
+            "AWS_SHARED_CREDENTIALS_FILE={}",
+            stack.path("no-aws-credentials").display()
+        ),
+        "AWS_EC2_METADATA_DISABLED=true".to_owned(),
+    ];
+    parts.push(common::bin("ssmx").display().to_string());
+    parts.extend([
+        "--endpoint-url".into(),
+        stack.url.clone(),
+        "--region".into(),
+        common::REGION.into(),
+    ]);
+    parts.extend(["shell".into(), stack.instance_id.clone()]);
+    parts.join(" ")
+}
+
+#[test]
+fn shell_runs_commands_resizes_and_exits_cleanly() {
+    let stack = Stack::start();
+    let tmux = Tmux::start(stack.dir.path(), &shell_command(&stack), 100, 30);
+
+    tmux.type_text("echo ssmx-$((6*7))-ok");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("ssmx-42-ok");
+
+    // The remote PTY follows the local terminal's size.
+    tmux.type_text("stty size");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("30 100");
+    tmux.resize(132, 40);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tmux.type_text("clear; stty size");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("40 132");
+
+    // Control keys pass through: Ctrl-C interrupts the remote command, not the client.
+    tmux.type_text("sleep 30; echo not-interrupted");
+    tmux.send_keys(&["Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tmux.send_keys(&["C-c"]);
+    tmux.type_text("echo after-$((1+1))-interrupt");
+    tmux.send_keys(&["Enter"]);
+    let screen = tmux.wait_for_text("after-2-interrupt");
+    assert!(
+        !screen.contains("not-interrupted"),
+        "Ctrl-C did not reach the remote shell:\n{screen}"
+    );
+
+    // Leaving the shell ends the client with status 0.
+    tmux.type_text("exit");
+    tmux.send_keys(&["Enter"]);
+    let screen = tmux.wait_for_text("[exit ");
+    assert!(
+        screen.contains("[exit 0]"),
+        "client did not exit cleanly:\n{screen}\n{}",
+        stack.logs()
+    );
+}
+
+#[test]
+fn shell_escape_sequence_ends_a_session() {
+    let stack = Stack::start();
+    let tmux = Tmux::start(stack.dir.path(), &shell_command(&stack), 80, 24);
+    tmux.type_text("echo ready-$((2+3))");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("ready-5");
+    // `~.` right after a newline ends the session from the keyboard, as in ssh.
+    tmux.send_keys(&["Enter"]);
+    tmux.type_text("~.");
+    let screen = tmux.wait_for_text("[exit ");
+    assert!(
+        !screen.contains("~."),
+        "escape sequence was sent to the remote shell:\n{screen}"
+    );
+}

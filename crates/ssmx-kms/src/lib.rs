@@ -1,0 +1,1 @@
+//! Local KMS stand-in — being written.

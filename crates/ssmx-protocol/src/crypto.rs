@@ -1,0 +1,1 @@
+//! Session encryption (PROTOCOL.md §7) — being written.
