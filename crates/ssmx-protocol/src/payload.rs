@@ -42,9 +42,40 @@ pub fn from_json<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(payload).map_err(|source| PayloadError::Json { what, source })
 }
 
-/// Serialises a payload to JSON bytes.
+/// Serialises a payload to JSON bytes exactly as Go's `encoding/json` would: compact, and with
+/// `<`, `>`, `&`, U+2028 and U+2029 escaped as `\u003c`-style sequences.
 pub fn to_json<T: Serialize>(value: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("payload types serialise"))
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoJsonFormatter);
+    value.serialize(&mut ser).expect("payload types serialise");
+    Bytes::from(out)
+}
+
+/// serde_json's compact output plus Go's HTML-safe escaping of string contents.
+struct GoJsonFormatter;
+
+impl serde_json::ser::Formatter for GoJsonFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let escape = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(escape.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
 }
 
 /// `acknowledge` payload (§5.2).
@@ -134,8 +165,9 @@ pub struct SsmxCapabilities {
     pub max_payload_size: u32,
 }
 
-/// One requested action. Parameters stay JSON so unknown actions pass through.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One requested action. Parameters stay JSON so unknown actions pass through; known actions
+/// serialise their parameters in the official field order (a JSON object alone would sort them).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct RequestedClientAction {
     /// See [`action_type`].
     #[serde(rename = "ActionType")]
@@ -143,6 +175,45 @@ pub struct RequestedClientAction {
     /// Action-specific parameters.
     #[serde(rename = "ActionParameters")]
     pub action_parameters: serde_json::Value,
+}
+
+impl Serialize for RequestedClientAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a, P: Serialize> {
+            #[serde(rename = "ActionType")]
+            action_type: &'a str,
+            #[serde(rename = "ActionParameters")]
+            action_parameters: P,
+        }
+        let action_type = self.action_type.as_str();
+        match action_type {
+            action_type::SESSION_TYPE => {
+                if let Ok(p) = self.parameters::<SessionTypeParameters>() {
+                    return Wire {
+                        action_type,
+                        action_parameters: p,
+                    }
+                    .serialize(serializer);
+                }
+            }
+            action_type::KMS_ENCRYPTION => {
+                if let Ok(p) = self.parameters::<KmsEncryptionParameters>() {
+                    return Wire {
+                        action_type,
+                        action_parameters: p,
+                    }
+                    .serialize(serializer);
+                }
+            }
+            _ => {}
+        }
+        Wire {
+            action_type,
+            action_parameters: &self.action_parameters,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Parameters of the `SessionType` action.
@@ -251,7 +322,7 @@ pub struct HandshakeResponse {
 }
 
 /// The client's answer to one action.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct ProcessedClientAction {
     /// The action's type.
     #[serde(rename = "ActionType")]
@@ -265,6 +336,45 @@ pub struct ProcessedClientAction {
     /// Error text, `""` on success.
     #[serde(rename = "Error")]
     pub error: String,
+}
+
+impl Serialize for ProcessedClientAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a, R: Serialize> {
+            #[serde(rename = "ActionType")]
+            action_type: &'a str,
+            #[serde(rename = "ActionStatus")]
+            action_status: ActionStatus,
+            #[serde(rename = "ActionResult")]
+            action_result: R,
+            #[serde(rename = "Error")]
+            error: &'a str,
+        }
+        let (action_type, action_status, error) = (
+            self.action_type.as_str(),
+            self.action_status,
+            self.error.as_str(),
+        );
+        if action_type == action_type::KMS_ENCRYPTION && self.action_result.is_object() {
+            if let Ok(result) = KmsEncryptionResult::deserialize(&self.action_result) {
+                return Wire {
+                    action_type,
+                    action_status,
+                    action_result: result,
+                    error,
+                }
+                .serialize(serializer);
+            }
+        }
+        Wire {
+            action_type,
+            action_status,
+            action_result: &self.action_result,
+            error,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Result of a successful `KMSEncryption` action.
@@ -623,7 +733,7 @@ impl AgentTaskPayload {
     /// The `interactive_shell` control-channel frame carrying this request.
     pub fn to_message(&self) -> AgentMessage {
         let envelope = MgsPayload {
-            content: serde_json::to_string(self).expect("serialisable"),
+            content: String::from_utf8(to_json(self).to_vec()).expect("JSON is UTF-8"),
             task_id: self.session_id.clone(),
             topic: "aws.ssm.startSession".to_owned(),
             schema_version: 1,
