@@ -55,7 +55,8 @@ fn aws_cli_runs_a_command_session_through_our_plugin() {
             "AWS-StartNonInteractiveCommand",
             "--parameters",
         ])
-        .arg(r#"{"command":["echo from-aws-cli-$((20+1))"]}"#)
+        // Non-interactive commands run without a shell (split into argv, as the official agent).
+        .arg(r#"{"command":["sh -c 'echo from-aws-cli-$((20+1))'"]}"#)
         .stdin(Stdio::null())
         .output()
         .unwrap();
