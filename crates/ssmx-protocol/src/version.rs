@@ -6,8 +6,9 @@
 use std::cmp::Ordering;
 
 /// Version this client reports: four numeric parts, above every client threshold the official
-/// agent checks, and above 1.2.497.0 so aws-cli passes the start response by environment variable.
-pub const CLIENT_VERSION: &str = "1.2.707.0";
+/// agent checks, above 1.2.497.0 so aws-cli passes the start response by environment variable,
+/// and at least 1.2.764.0, below which current aws-cli warns of an outdated plugin.
+pub const CLIENT_VERSION: &str = "1.2.779.0";
 /// Version this agent reports: four numeric parts, above every agent threshold the official
 /// client checks.
 pub const AGENT_VERSION: &str = "3.3.2000.0";
