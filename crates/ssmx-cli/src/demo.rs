@@ -79,13 +79,17 @@ async fn with_gateway(
     }));
     let result = async {
         anyhow::ensure!(
-            gateway.wait_for_agent(&instance_id, AGENT_ONLINE_TIMEOUT).await,
+            gateway
+                .wait_for_agent(&instance_id, AGENT_ONLINE_TIMEOUT)
+                .await,
             "the agent did not connect to the gateway within {AGENT_ONLINE_TIMEOUT:?}"
         );
         print_banner(gateway.url(), credential, &instance_id, scratch);
         if serve {
             eprintln!("Serving until Ctrl-C.");
-            tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+            tokio::signal::ctrl_c()
+                .await
+                .context("cannot wait for Ctrl-C")?;
             return Ok(ExitCode::SUCCESS);
         }
         let manager = demo_client(gateway.url(), credential).await;

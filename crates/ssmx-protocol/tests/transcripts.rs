@@ -153,7 +153,10 @@ fn check_payload(what: &str, msg: &AgentMessage) -> &'static str {
 fn check_text_frame(what: &str, event: &Event) -> Option<&'static str> {
     // The recorder replaced tokens with `<redacted>` (not Go's escaping of `<`): put a plain
     // token back so the bytes compare.
-    let text = event.text.as_deref()?.replace("<redacted>", "redacted-token");
+    let text = event
+        .text
+        .as_deref()?
+        .replace("<redacted>", "redacted-token");
     let text = text.as_bytes();
     match (event.ws_opcode.as_str(), event.channel.as_str()) {
         ("text", "agent-control") => {
