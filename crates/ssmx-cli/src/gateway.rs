@@ -1,15 +1,204 @@
-//! `ssmx gateway` (being written).
+//! `ssmx gateway`: run the self-hosted gateway, create activations, replay recordings.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use ssmx_gateway::config::{Config, Database};
+use ssmx_gateway::store::{NewActivation, Store};
+use ssmx_gateway::Gateway;
 
 /// `ssmx gateway` subcommands.
 #[derive(clap::Subcommand)]
 pub enum GatewayCommand {
-    /// Run it.
-    Run,
+    /// Serve the SSM API, the MGS WebSockets and agent registration on one port.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 127.0.0.1:8080 (127.0.0.1:0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// SQLite database file, or `:memory:`.
+        #[arg(long)]
+        db: Option<String>,
+        /// Write the gateway's URL to this file once it is listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Manage agent activations.
+    #[command(subcommand)]
+    Activation(ActivationCommand),
+    /// Play a recorded shell session back with its original timing.
+    Replay {
+        /// The session id.
+        session_id: String,
+        /// Configuration file (TOML), for the database and recordings locations.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SQLite database file.
+        #[arg(long)]
+        db: Option<String>,
+        /// Playback speed factor (2 plays twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause between two outputs, in seconds.
+        #[arg(long)]
+        max_pause: Option<f64>,
+    },
+}
+
+/// `ssmx gateway activation` subcommands.
+#[derive(clap::Subcommand)]
+pub enum ActivationCommand {
+    /// Create an activation; prints {"ActivationId","ActivationCode"} as JSON.
+    Create {
+        /// Configuration file (TOML), for the database location.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SQLite database file.
+        #[arg(long)]
+        db: Option<String>,
+        /// How many agents may register with it.
+        #[arg(long)]
+        registration_limit: Option<u32>,
+        /// Hours until it expires (default 24, at most 720).
+        #[arg(long)]
+        expires_in_hours: Option<u64>,
+        /// Free-text description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Name given to instances registered with it.
+        #[arg(long)]
+        default_instance_name: Option<String>,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
+    match db {
+        Some(db) => Ok(Database::parse(db)),
+        None => Ok(config.database()?),
+    }
 }
 
 /// Runs an `ssmx gateway` subcommand.
-pub async fn run(_global: &crate::GlobalArgs, _cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not available yet")
+pub async fn run(_global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GatewayCommand::Run {
+            config,
+            listen,
+            db,
+            ready_file,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let database = database(&config, db.as_deref())?;
+            let mut builder = Gateway::builder().config(config).database(database);
+            if let Some(listen) = listen {
+                builder = builder.listen(listen);
+            }
+            let gateway = builder.start().await?;
+            println!("listening on {}", gateway.url());
+            if let Some(path) = ready_file {
+                std::fs::write(&path, gateway.url())
+                    .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+            }
+            wait_for_signal().await?;
+            gateway.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        GatewayCommand::Activation(ActivationCommand::Create {
+            config,
+            db,
+            registration_limit,
+            expires_in_hours,
+            description,
+            default_instance_name,
+        }) => {
+            let config = load_config(config.as_deref())?;
+            let store = Store::open(&database(&config, db.as_deref())?)?;
+            if let Some(limit) = registration_limit {
+                anyhow::ensure!(
+                    (1..=ssmx_gateway::store::MAX_REGISTRATION_LIMIT).contains(&limit),
+                    "--registration-limit must be 1 to {}",
+                    ssmx_gateway::store::MAX_REGISTRATION_LIMIT
+                );
+            }
+            let expires_at = match expires_in_hours {
+                None => None,
+                Some(h) => {
+                    let lifetime = Duration::from_secs(h * 3600);
+                    anyhow::ensure!(
+                        h > 0 && lifetime <= ssmx_gateway::store::MAX_ACTIVATION_LIFETIME,
+                        "--expires-in-hours must be 1 to 720"
+                    );
+                    Some(SystemTime::now() + lifetime)
+                }
+            };
+            let activation = store.create_activation(&NewActivation {
+                description: description.unwrap_or_default(),
+                default_instance_name: default_instance_name.unwrap_or_default(),
+                registration_limit,
+                expires_at,
+                ..Default::default()
+            })?;
+            store.audit("cli", "CreateActivation", "", "", &activation.activation_id)?;
+            println!("{}", serde_json::to_string(&activation)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        GatewayCommand::Replay {
+            session_id,
+            config,
+            db,
+            speed,
+            max_pause,
+        } => {
+            anyhow::ensure!(
+                speed.is_finite() && speed > 0.0,
+                "--speed must be a positive number"
+            );
+            let config = load_config(config.as_deref())?;
+            let store = Store::open(&database(&config, db.as_deref())?)?;
+            let path = match store.session(&session_id)?.and_then(|s| s.recording) {
+                Some(path) => PathBuf::from(path),
+                None => config.recordings_dir()?.join(format!("{session_id}.cast")),
+            };
+            anyhow::ensure!(
+                path.extension().and_then(|e| e.to_str()) == Some("cast"),
+                "session {session_id} is not a shell session; its byte log is {}",
+                path.display()
+            );
+            let max_pause = max_pause
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            let mut stdout = tokio::io::stdout();
+            ssmx_gateway::recording::replay(&path, speed, max_pause, &mut stdout).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot watch Ctrl-C")?;
+    Ok(())
 }

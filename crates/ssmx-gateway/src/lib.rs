@@ -1,1 +1,324 @@
-//! Placeholder while the crate is being written.
+//! A self-hostable stand-in for the AWS side of Session Manager: the SSM JSON API
+//! (StartSession, ResumeSession, TerminateSession, DescribeSessions,
+//! DescribeInstanceInformation, CreateActivation, UpdateInstanceInformation), the Message
+//! Gateway Service (control and data channel WebSockets, relayed byte for byte), agent
+//! registration with activations, SigV4 and token authentication, SQLite state, and session
+//! recording — all on one HTTP(S) port.
+//!
+//! Run one in-process on an ephemeral port:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ssmx_gateway::{config::{ApiCredential, Database}, store::NewActivation, Gateway};
+//!
+//! let credential = ApiCredential::generate("alice");
+//! let gateway = Gateway::builder()
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .database(Database::Memory)
+//!     .credential(credential.clone())
+//!     .without_recording()
+//!     .start()
+//!     .await?;
+//! println!("gateway at {}", gateway.url());
+//! let activation = gateway.create_activation(&NewActivation::default())?;
+//! // ... register an agent with activation.activation_id / activation_code, then:
+//! // gateway.wait_for_agent("mi-...", Duration::from_secs(10)).await;
+//! gateway.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod documents;
+pub mod error;
+pub mod recording;
+pub mod sigv4;
+pub mod store;
+pub mod tokens;
+
+mod api;
+mod hub;
+mod mgs;
+mod server;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{ApiCredential, Config, ConfigError, Database};
+use crate::documents::{DocumentLoadError, Documents};
+use crate::hub::{Hub, Settings};
+use crate::store::{Activation, NewActivation, Store, StoreError};
+
+pub use crate::server::TlsError;
+
+/// How long [`Gateway::shutdown`] waits for sessions and sockets to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A custom document is invalid.
+    #[error(transparent)]
+    Documents(#[from] DocumentLoadError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Options for starting a [`Gateway`]; values given here override the [`Config`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct GatewayBuilder {
+    config: Config,
+    listen: Option<SocketAddr>,
+    database: Option<Database>,
+    credentials: Vec<ApiCredential>,
+    recordings_dir: Option<PathBuf>,
+    recording: Option<bool>,
+}
+
+impl GatewayBuilder {
+    /// Starts from a loaded configuration file.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Listen address (`127.0.0.1:0` picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The database.
+    pub fn database(mut self, database: Database) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Accepts this access key on the SSM API (in addition to the configured ones).
+    pub fn credential(mut self, credential: ApiCredential) -> Self {
+        self.credentials.push(credential);
+        self
+    }
+
+    /// Where to write session recordings.
+    pub fn recordings_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.recordings_dir = Some(dir.into());
+        self.recording = Some(true);
+        self
+    }
+
+    /// Turns session recording off.
+    pub fn without_recording(mut self) -> Self {
+        self.recording = Some(false);
+        self
+    }
+
+    /// Opens the database, loads documents, binds the listener and starts serving.
+    pub async fn start(self) -> Result<Gateway, GatewayError> {
+        let mut config = self.config;
+        config.credentials.extend(self.credentials);
+        config.validate()?;
+        let database = match self.database {
+            Some(db) => db,
+            None => config.database()?,
+        };
+        let store = Arc::new(Store::open(&database)?);
+        let interrupted =
+            store.fail_interrupted_sessions("the gateway stopped while the session was active")?;
+        for id in &interrupted {
+            warn!(session = %id, "session left active by a previous run recorded as failed");
+            store.audit(
+                "gateway",
+                "SessionEnded",
+                "",
+                id,
+                "Failed: the gateway stopped while the session was active",
+            )?;
+        }
+        let mut documents = Documents::builtin();
+        if let Some(dir) = &config.documents_dir {
+            let n = documents.load_dir(dir)?;
+            info!(count = n, dir = %dir.display(), "custom session documents loaded");
+        }
+        let recording = self.recording.or(config.recording).unwrap_or(true);
+        let recordings_dir = match (recording, self.recordings_dir) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(dir),
+            (true, None) => Some(config.recordings_dir()?),
+        };
+        let addr = match self.listen.or(config.listen) {
+            Some(addr) => addr,
+            None => config::DEFAULT_LISTEN
+                .parse()
+                .expect("valid default address"),
+        };
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let acceptor = match &config.tls {
+            Some(tls) => Some(server::tls_acceptor(&tls.cert, &tls.key)?),
+            None => None,
+        };
+        let settings = Settings {
+            region: config.region().to_owned(),
+            account_id: config
+                .account_id
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_ACCOUNT_ID.to_owned()),
+            public_url: config.public_url.clone(),
+            tls: acceptor.is_some(),
+            recordings_dir,
+            disconnect_timeout: config
+                .disconnect_timeout_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(config::DEFAULT_DISCONNECT_TIMEOUT),
+        };
+        let hub = Arc::new(Hub::new(
+            settings,
+            store.clone(),
+            documents,
+            &config.credentials,
+        ));
+        if config.credentials.is_empty() {
+            warn!("no [[credentials]] configured: no API caller can authenticate");
+        }
+        let app = server::router(hub.clone()).into_make_service();
+        let stop = hub.shutdown.clone();
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let server = match acceptor {
+            Some(acceptor) => {
+                let listener =
+                    server::TlsListener::spawn(tcp, acceptor, &hub.tracker, stop.clone())
+                        .map_err(|source| GatewayError::Bind { addr, source })?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                })
+            }
+            None => tokio::spawn(async move {
+                let _ = axum::serve(tcp, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            }),
+        };
+        let url = format!("{scheme}://{local_addr}");
+        info!(%url, "gateway listening");
+        Ok(Gateway {
+            hub,
+            store,
+            url,
+            local_addr,
+            server: Some(server),
+        })
+    }
+}
+
+/// A running gateway. Dropping it stops it; [`Gateway::shutdown`] stops it and waits.
+pub struct Gateway {
+    hub: Arc<Hub>,
+    store: Arc<Store>,
+    url: String,
+    local_addr: SocketAddr,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Options for a new gateway.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT`, or https with TLS): the SSM endpoint, the MGS
+    /// endpoint and the registration endpoint at once.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bound socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates an activation agents can register with.
+    pub fn create_activation(&self, new: &NewActivation) -> Result<Activation, StoreError> {
+        self.store.create_activation(new)
+    }
+
+    /// True while the instance's control channel is open.
+    pub fn is_agent_online(&self, instance_id: &str) -> bool {
+        self.hub.agent_online(instance_id)
+    }
+
+    /// Waits until the instance's control channel is open; false on timeout.
+    pub async fn wait_for_agent(&self, instance_id: &str, timeout: Duration) -> bool {
+        let mut changes = self.hub.watch_agents();
+        let wait = async {
+            while !self.hub.agent_online(instance_id) {
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Number of sessions currently live at the relay.
+    pub fn active_sessions(&self) -> usize {
+        self.hub.session_count()
+    }
+
+    /// Stops serving: live sessions get `channel_closed` ("the gateway is shutting down") and
+    /// are recorded as terminated; waits for sockets and tasks to finish.
+    pub async fn shutdown(mut self) {
+        self.hub.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.hub.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.hub.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within the shutdown grace period");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.hub.shutdown.cancel();
+    }
+}

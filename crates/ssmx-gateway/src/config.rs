@@ -1,0 +1,309 @@
+//! Gateway configuration: a TOML file plus command-line overrides.
+//!
+//! ```
+//! let config: ssmx_gateway::config::Config = toml::from_str(r#"
+//!     listen = "127.0.0.1:8080"
+//!     region = "us-east-1"
+//!     [[credentials]]
+//!     access_key_id = "AKIDEXAMPLE"
+//!     secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+//!     user = "alice"
+//! "#).unwrap();
+//! assert_eq!(config.credentials[0].user, "alice");
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Address the gateway listens on when neither the file nor a flag names one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Region reported to agents and used in signatures when none is configured.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Account id in the ARNs the gateway reports (owners, roles) when none is configured.
+pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
+/// How long a session waits for its client to come back after the client's WebSocket drops
+/// before the gateway ends it. The official client retries ResumeSession five times with a
+/// back-off that stays under ~10 s in total, so a minute leaves ample room.
+pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the SQLite state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// A file (created if missing).
+    File(PathBuf),
+    /// An in-memory database that dies with the process (tests, demos).
+    Memory,
+}
+
+impl Database {
+    /// Parses `--db` / `db =`: `:memory:` or a path.
+    pub fn parse(value: &str) -> Self {
+        if value == ":memory:" {
+            Database::Memory
+        } else {
+            Database::File(PathBuf::from(value))
+        }
+    }
+
+    /// `<user data dir>/ssmx/gateway.db`.
+    pub fn default_file() -> Result<Self, ConfigError> {
+        Ok(Database::File(data_dir()?.join("gateway.db")))
+    }
+}
+
+/// An access key accepted on the SSM API.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCredential {
+    /// The access key id callers sign with.
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: String,
+    /// Owner name: session ids look like `<user>-<hex>`.
+    pub user: String,
+}
+
+impl ApiCredential {
+    /// A credential for `user`.
+    pub fn new(access_key_id: &str, secret_access_key: &str, user: &str) -> Self {
+        Self {
+            access_key_id: access_key_id.to_owned(),
+            secret_access_key: secret_access_key.to_owned(),
+            user: user.to_owned(),
+        }
+    }
+
+    /// A credential for `user` with a random key id and secret (for in-process gateways).
+    pub fn generate(user: &str) -> Self {
+        Self {
+            access_key_id: format!(
+                "AKID{}",
+                crate::store::random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+            ),
+            secret_access_key: crate::store::random_token(
+                40,
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            ),
+            user: user.to_owned(),
+        }
+    }
+}
+
+/// Certificate and key for HTTPS/WSS.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The whole configuration. Every field is optional in the file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Socket address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: Option<SocketAddr>,
+    /// SQLite file, or `:memory:`.
+    pub db: Option<String>,
+    /// Region reported to agents.
+    pub region: Option<String>,
+    /// Account id used in ARNs.
+    pub account_id: Option<String>,
+    /// Base URL for StreamUrl (default: from the request's Host header).
+    pub public_url: Option<String>,
+    /// Directory of custom Session documents (`*.json`, `*.yaml`, `*.yml`).
+    pub documents_dir: Option<PathBuf>,
+    /// Directory for session recordings (default `<data dir>/ssmx/recordings`).
+    pub recordings_dir: Option<PathBuf>,
+    /// Turn relay recording off (on by default).
+    pub recording: Option<bool>,
+    /// Seconds a session waits for a dropped client to resume.
+    pub disconnect_timeout_seconds: Option<u64>,
+    /// Access keys accepted on the SSM API.
+    #[serde(default)]
+    pub credentials: Vec<ApiCredential>,
+    /// HTTPS when present.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Config {
+    /// Reads a TOML file; relative paths inside it are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(dir) = config.documents_dir.as_mut() {
+            rebase(dir);
+        }
+        if let Some(dir) = config.recordings_dir.as_mut() {
+            rebase(dir);
+        }
+        if let Some(tls) = config.tls.as_mut() {
+            rebase(&mut tls.cert);
+            rebase(&mut tls.key);
+        }
+        if let Some(db) = config.db.as_mut() {
+            if db != ":memory:" && Path::new(db).is_relative() {
+                *db = base.join(&*db).to_string_lossy().into_owned();
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for cred in &self.credentials {
+            if cred.access_key_id.is_empty() || cred.secret_access_key.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "every [[credentials]] entry needs access_key_id and secret_access_key".into(),
+                ));
+            }
+            if !valid_user_name(&cred.user) {
+                return Err(ConfigError::Invalid(format!(
+                    "credential user {:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+                    cred.user
+                )));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| ConfigError::Invalid(format!("public_url {url:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url {url:?} must start with http:// or https://"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database to open: the `db` value, else the default file.
+    pub fn database(&self) -> Result<Database, ConfigError> {
+        match &self.db {
+            Some(db) => Ok(Database::parse(db)),
+            None => Database::default_file(),
+        }
+    }
+
+    /// The recordings directory: the configured one, else `<data dir>/ssmx/recordings`.
+    pub fn recordings_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.recordings_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(data_dir()?.join("recordings")),
+        }
+    }
+
+    /// The region, or the default.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
+    }
+}
+
+/// True for names usable as session-id prefixes: URL-safe and short.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn data_dir() -> Result<PathBuf, ConfigError> {
+    dirs::data_dir()
+        .map(|d| d.join("ssmx"))
+        .ok_or(ConfigError::NoDataDir)
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// No user data directory could be determined for the defaults.
+    #[error(
+        "no user data directory is known on this system; set db and recordings_dir explicitly"
+    )]
+    NoDataDir,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses_and_rebases_paths() {
+        let dir = std::env::temp_dir().join(format!("ssmx-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:0"
+db = "state.db"
+documents_dir = "docs"
+[[credentials]]
+access_key_id = "AKID"
+secret_access_key = "s"
+user = "alice"
+[tls]
+cert = "c.pem"
+key = "/abs/k.pem"
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.database().unwrap(),
+            Database::File(dir.join("state.db"))
+        );
+        assert_eq!(config.documents_dir, Some(dir.join("docs")));
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert, dir.join("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/k.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_user_and_unknown_keys_are_refused() {
+        let bad: Config = toml::from_str(
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\nuser = \"a b\"",
+        )
+        .unwrap();
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+}

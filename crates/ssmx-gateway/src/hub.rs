@@ -1,0 +1,248 @@
+//! The gateway's shared state: configuration, store, documents, live control channels, live
+//! sessions and tokens. One `Arc<Hub>` is shared by every request handler and task.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ApiCredential;
+use crate::documents::Documents;
+use crate::session::Session;
+use crate::sigv4::{RequestParts, SigV4Error, Verifier};
+use crate::store::Store;
+use crate::tokens::Tokens;
+
+/// Settings the handlers need, resolved from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Region reported to agents.
+    pub region: String,
+    /// Account id in ARNs.
+    pub account_id: String,
+    /// Base for StreamUrl, if configured (`http(s)://host:port`).
+    pub public_url: Option<String>,
+    /// Whether the listener speaks TLS (`wss://` StreamUrls).
+    pub tls: bool,
+    /// Where recordings go; `None` disables recording.
+    pub recordings_dir: Option<PathBuf>,
+    /// How long a session waits for a dropped client.
+    pub disconnect_timeout: Duration,
+}
+
+/// Who signed an SSM API request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A configured API user.
+    User {
+        /// User name (session id prefix).
+        name: String,
+        /// `arn:aws:iam::<account>:user/<name>`.
+        arn: String,
+    },
+    /// A registered agent.
+    Agent {
+        /// Its instance id.
+        instance_id: String,
+    },
+}
+
+/// A live control channel.
+#[derive(Clone)]
+pub(crate) struct AgentLink {
+    /// Identifies this connection among reconnects.
+    pub conn_id: u64,
+    /// Frames to write on the control channel.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Cancelled to close this connection (replaced, or gateway stopping).
+    pub close: CancellationToken,
+}
+
+/// Shared state.
+pub(crate) struct Hub {
+    pub settings: Settings,
+    pub store: Arc<Store>,
+    pub documents: Documents,
+    pub verifier: Verifier,
+    api_keys: HashMap<String, ApiCredential>,
+    agents: Mutex<HashMap<String, AgentLink>>,
+    /// Bumped whenever a control channel opens or closes.
+    agents_generation: watch::Sender<u64>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    tokens: Mutex<Tokens>,
+    /// Cancelled when the gateway stops.
+    pub shutdown: CancellationToken,
+    /// Tracks every task and socket so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(
+        settings: Settings,
+        store: Arc<Store>,
+        documents: Documents,
+        credentials: &[ApiCredential],
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            documents,
+            verifier: Verifier::new(),
+            api_keys: credentials
+                .iter()
+                .map(|c| (c.access_key_id.clone(), c.clone()))
+                .collect(),
+            agents: Mutex::new(HashMap::new()),
+            agents_generation: watch::channel(0).0,
+            sessions: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Tokens::default()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The ARN of an API user.
+    pub fn user_arn(&self, user: &str) -> String {
+        format!("arn:aws:iam::{}:user/{user}", self.settings.account_id)
+    }
+
+    /// Verifies an SSM API signature made with an API key or an agent credential.
+    pub fn authenticate_api(
+        &self,
+        parts: RequestParts<'_>,
+        single_use: bool,
+    ) -> Result<Caller, SigV4Error> {
+        let mut caller = None;
+        let mut lookup_error = None;
+        self.verifier
+            .verify(parts, "ssm", SystemTime::now(), single_use, |akid| {
+                if let Some(cred) = self.api_keys.get(akid) {
+                    caller = Some(Caller::User {
+                        name: cred.user.clone(),
+                        arn: self.user_arn(&cred.user),
+                    });
+                    return Some(cred.secret_access_key.clone());
+                }
+                match self.store.agent_credential(akid) {
+                    Ok(Some((instance_id, secret))) => {
+                        caller = Some(Caller::Agent { instance_id });
+                        Some(secret)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        lookup_error = Some(e);
+                        None
+                    }
+                }
+            })
+            .inspect_err(|_| {
+                if let Some(store_err) = &lookup_error {
+                    tracing::error!(error = %store_err, "credential lookup failed");
+                }
+            })?;
+        Ok(caller.expect("the lookup ran and found the key"))
+    }
+
+    /// Verifies an MGS signature (service `ssmmessages`); only agent credentials are accepted.
+    /// Returns the agent's instance id.
+    pub fn authenticate_agent(
+        &self,
+        parts: RequestParts<'_>,
+        single_use: bool,
+    ) -> Result<String, SigV4Error> {
+        let mut instance = None;
+        self.verifier.verify(
+            parts,
+            "ssmmessages",
+            SystemTime::now(),
+            single_use,
+            |akid| match self.store.agent_credential(akid) {
+                Ok(Some((instance_id, secret))) => {
+                    instance = Some(instance_id);
+                    Some(secret)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "credential lookup failed");
+                    None
+                }
+            },
+        )?;
+        Ok(instance.expect("the lookup ran and found the key"))
+    }
+
+    pub fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        lock(&self.tokens)
+    }
+
+    /// Registers a control channel, replacing (and closing) any previous one of the instance.
+    pub fn add_agent(&self, instance_id: &str, link: AgentLink) {
+        if let Some(old) = lock(&self.agents).insert(instance_id.to_owned(), link) {
+            old.close.cancel();
+        }
+        self.agents_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Removes a control channel if it is still the current one.
+    pub fn remove_agent(&self, instance_id: &str, conn_id: u64) {
+        let mut agents = lock(&self.agents);
+        if agents.get(instance_id).map(|l| l.conn_id) == Some(conn_id) {
+            agents.remove(instance_id);
+            drop(agents);
+            self.agents_generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// True while the instance's control channel is open.
+    pub fn agent_online(&self, instance_id: &str) -> bool {
+        lock(&self.agents).contains_key(instance_id)
+    }
+
+    /// Watches control channels opening and closing.
+    pub fn watch_agents(&self) -> watch::Receiver<u64> {
+        self.agents_generation.subscribe()
+    }
+
+    /// Queues a frame on an instance's control channel; false if it has none (or it is gone).
+    pub async fn send_control(&self, instance_id: &str, frame: Bytes) -> bool {
+        let link = lock(&self.agents).get(instance_id).cloned();
+        match link {
+            Some(link) => link.tx.send(frame).await.is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn add_session(&self, session: Arc<Session>) {
+        lock(&self.sessions).insert(session.id.clone(), session);
+    }
+
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(id).cloned()
+    }
+
+    pub fn remove_session(&self, id: &str) {
+        lock(&self.sessions).remove(id);
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP(S) listener: routes, and TLS with rustls when configured.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::hub::Hub;
+use crate::{api, mgs};
+
+/// Completed TLS handshakes waiting for the server to pick them up.
+const TLS_ACCEPT_QUEUE: usize = 64;
+/// A client that has not finished its TLS handshake in this time is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Every route the gateway serves.
+pub(crate) fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/", post(api::handle))
+        .route("/ssmx/v1/register", post(api::register))
+        .route(
+            "/v1/control-channel/{instance_id}",
+            get(mgs::control_channel_socket).post(mgs::create_control_channel),
+        )
+        .route(
+            "/v1/data-channel/{session_id}",
+            get(mgs::data_channel_socket).post(mgs::create_data_channel),
+        )
+        .layer(DefaultBodyLimit::max(api::MAX_API_BODY))
+        .with_state(hub)
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("TLS {what} {path}: {reason}")]
+    Pem {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the pair.
+    #[error("TLS certificate and key do not work together: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Builds the rustls acceptor from PEM files.
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let pem_err = |what, path: &Path, reason: String| TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_err("certificate", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("certificate", cert, "no CERTIFICATE block".into()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)?;
+    // The official agent speaks HTTP/2 for its REST calls and HTTP/1.1 for WebSockets.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A listener whose connections come out of TLS handshakes run concurrently, so a slow client
+/// cannot hold up the others.
+pub(crate) struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`; the accept loop stops when `stop` is cancelled.
+    pub fn spawn(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        tracker: &tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, rx) = mpsc::channel(TLS_ACCEPT_QUEUE);
+        let handshakes = tracker.clone();
+        tracker.spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            debug!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => break,
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                let stop = stop.clone();
+                handshakes.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    tokio::select! {
+                        result = handshake => match result {
+                            Ok(Ok(tls)) => { let _ = tx.send((tls, peer)).await; }
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(pair) => pair,
+            // The accept loop stopped (shutdown): never yield another connection.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

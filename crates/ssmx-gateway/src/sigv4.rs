@@ -1,0 +1,485 @@
+//! Verification of AWS Signature Version 4 on incoming requests: the SSM API (service `ssm`) and
+//! the agents' MGS calls (service `ssmmessages`).
+//!
+//! The canonical request is rebuilt by the `aws-sigv4` crate from exactly the headers the caller
+//! listed in `SignedHeaders`, so unmodified aws-cli, boto3, the AWS SDKs and the Go agent verify.
+//! On top of the signature itself: the date must be within [`SIGNATURE_WINDOW`] of the gateway's
+//! clock, and for requests that mint secrets (StartSession, ResumeSession, CreateActivation,
+//! CreateControlChannel, CreateDataChannel) a request is accepted only once (replay protection).
+//! Read-only and idempotent requests skip that check: replaying them yields nothing the original
+//! response did not.
+//!
+//! A signature covers the request's content and its one-second timestamp, so two genuinely
+//! distinct calls with the same parameters made within one second carry the same signature (the
+//! AWS SDKs run many in parallel). They differ in the unsigned `amz-sdk-invocation-id` header
+//! the SDKs add to every call, so the replay key is the signature together with that header: a
+//! verbatim replay is refused; distinct SDK invocations are not. A refused replay answers
+//! `ThrottlingException`, which SDKs retry with a fresh signature. Against an attacker able to
+//! capture and alter requests in flight, TLS (`[tls]`) is the protection.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4::SigningParams;
+use http::{HeaderMap, Method, Uri};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// How far a request's `X-Amz-Date` may be from the gateway's clock, either way; AWS's window.
+pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Most signatures remembered for replay detection. A signature is remembered until its date
+/// leaves the window (at most 30 minutes); this bounds memory at roughly 30 MB under a sustained
+/// ~150 signed requests per second, far above what a Session Manager gateway sees. When full,
+/// new requests are refused with `ThrottlingException` rather than forgetting signatures early.
+pub const MAX_REMEMBERED_SIGNATURES: usize = 262_144;
+
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+/// Unsigned header the AWS SDKs set to a fresh UUID for every logical call.
+const INVOCATION_ID_HEADER: &str = "amz-sdk-invocation-id";
+const DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// What a verified signature proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The access key that signed.
+    pub access_key_id: String,
+    /// The region in the credential scope.
+    pub region: String,
+}
+
+/// Why a signature was refused. Each maps to the AWS error code a real endpoint returns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SigV4Error {
+    /// No Authorization header.
+    #[error("the request is not signed (no Authorization header)")]
+    Missing,
+    /// The Authorization header or X-Amz-Date cannot be parsed.
+    #[error("malformed signature: {0}")]
+    Malformed(String),
+    /// Signed for another service.
+    #[error("the request is signed for service {found:?}; this endpoint expects {expected:?}")]
+    WrongService {
+        /// Service in the credential scope.
+        found: String,
+        /// Service this endpoint serves.
+        expected: &'static str,
+    },
+    /// The access key id is not known.
+    #[error("the security token included in the request is invalid (unknown access key {0})")]
+    UnknownKey(String),
+    /// The date is outside the window.
+    #[error("signature date {date} is outside the {minutes}-minute window around the gateway's time {now}")]
+    Expired {
+        /// X-Amz-Date.
+        date: String,
+        /// The gateway's time, same format.
+        now: String,
+        /// Window in minutes.
+        minutes: u64,
+    },
+    /// The signature does not match the request.
+    #[error("the request signature we calculated does not match the signature you provided; check your secret access key and signing method")]
+    Mismatch,
+    /// This exact signature was already used.
+    #[error("this request signature was already used (replayed request); sign the request again")]
+    Replayed,
+    /// The replay cache is full.
+    #[error("too many signed requests; retry later")]
+    Busy,
+}
+
+impl SigV4Error {
+    /// The AWS error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SigV4Error::Missing => ErrorCode::MissingAuthenticationToken,
+            SigV4Error::Malformed(_) | SigV4Error::WrongService { .. } => {
+                ErrorCode::IncompleteSignature
+            }
+            SigV4Error::UnknownKey(_) => ErrorCode::UnrecognizedClient,
+            SigV4Error::Expired { .. } | SigV4Error::Mismatch => ErrorCode::InvalidSignature,
+            // A retryable code: an SDK that happened to sign two identical requests within the
+            // same second retries with a fresh signature, while a replayed capture is refused.
+            SigV4Error::Replayed | SigV4Error::Busy => ErrorCode::Throttling,
+        }
+    }
+}
+
+impl From<SigV4Error> for ApiError {
+    fn from(e: SigV4Error) -> Self {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+/// The parts of a request a signature covers.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Path and query (and, for HTTP/2, the authority).
+    pub uri: &'a Uri,
+    /// All headers.
+    pub headers: &'a HeaderMap,
+    /// The body bytes (empty for GET).
+    pub body: &'a [u8],
+}
+
+/// Parsed `Authorization` header.
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error> {
+    let malformed = |what: &str| SigV4Error::Malformed(what.to_owned());
+    let rest = value
+        .strip_prefix(ALGORITHM)
+        .ok_or_else(|| malformed("Authorization must start with AWS4-HMAC-SHA256"))?;
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            credential = Some(v);
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v);
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            signature = Some(v);
+        }
+    }
+    let credential = credential.ok_or_else(|| malformed("Authorization lacks Credential="))?;
+    let signed = signed.ok_or_else(|| malformed("Authorization lacks SignedHeaders="))?;
+    let signature = signature.ok_or_else(|| malformed("Authorization lacks Signature="))?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [access_key_id, date, region, service, terminator] = scope[..] else {
+        return Err(malformed(
+            "Credential must be <key>/<date>/<region>/<service>/aws4_request",
+        ));
+    };
+    if terminator != "aws4_request" || access_key_id.is_empty() {
+        return Err(malformed(
+            "Credential must be <key>/<date>/<region>/<service>/aws4_request",
+        ));
+    }
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(malformed("Signature must be 64 hex digits"));
+    }
+    let signed_headers: Vec<&str> = signed.split(';').filter(|h| !h.is_empty()).collect();
+    if !signed_headers.contains(&"host") {
+        return Err(malformed("SignedHeaders must include host"));
+    }
+    Ok(Authorization {
+        access_key_id,
+        date,
+        region,
+        service,
+        signed_headers,
+        signature,
+    })
+}
+
+/// Signatures seen recently, each kept until its date leaves the window.
+#[derive(Default)]
+struct ReplayCache {
+    by_expiry: BTreeSet<(SystemTime, String)>,
+    seen: HashSet<String>,
+}
+
+impl ReplayCache {
+    fn prune(&mut self, now: SystemTime) {
+        while let Some(first) = self.by_expiry.first() {
+            if first.0 > now {
+                break;
+            }
+            let (_, sig) = self.by_expiry.pop_first().expect("non-empty");
+            self.seen.remove(&sig);
+        }
+    }
+}
+
+/// Verifies signatures and remembers the ones it accepted.
+#[derive(Default)]
+pub struct Verifier {
+    replay: Mutex<ReplayCache>,
+}
+
+impl Verifier {
+    /// A verifier with an empty replay cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Verifies `request` as signed for `service` at `now`; `secret_for` maps an access key id to
+    /// its secret. With `single_use`, the signature is remembered on success and refused if
+    /// presented again.
+    pub fn verify(
+        &self,
+        request: RequestParts<'_>,
+        service: &'static str,
+        now: SystemTime,
+        single_use: bool,
+        secret_for: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<Verified, SigV4Error> {
+        let header = request
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(SigV4Error::Missing)?
+            .to_str()
+            .map_err(|_| SigV4Error::Malformed("Authorization is not ASCII".into()))?;
+        let auth = parse_authorization(header)?;
+        if auth.service != service {
+            return Err(SigV4Error::WrongService {
+                found: auth.service.to_owned(),
+                expected: service,
+            });
+        }
+        let amz_date = request
+            .headers
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| SigV4Error::Malformed("X-Amz-Date header is missing".into()))?;
+        let signed_at = chrono::NaiveDateTime::parse_from_str(amz_date, DATE_FORMAT)
+            .map_err(|_| {
+                SigV4Error::Malformed(format!("X-Amz-Date {amz_date:?} is not yyyymmddThhmmssZ"))
+            })?
+            .and_utc();
+        if !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
+            return Err(SigV4Error::Malformed(
+                "the credential scope date does not match X-Amz-Date".into(),
+            ));
+        }
+        let signed_at: SystemTime = signed_at.into();
+        let skew = match now.duration_since(signed_at) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        if skew > SIGNATURE_WINDOW {
+            return Err(SigV4Error::Expired {
+                date: amz_date.to_owned(),
+                now: chrono::DateTime::<chrono::Utc>::from(now)
+                    .format(DATE_FORMAT)
+                    .to_string(),
+                minutes: SIGNATURE_WINDOW.as_secs() / 60,
+            });
+        }
+        let secret = secret_for(auth.access_key_id)
+            .ok_or_else(|| SigV4Error::UnknownKey(auth.access_key_id.to_owned()))?;
+        let expected = expected_signature(&request, &auth, &secret, signed_at)?;
+        if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+            return Err(SigV4Error::Mismatch);
+        }
+        if single_use {
+            let invocation = request
+                .headers
+                .get(INVOCATION_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let key = format!("{}/{invocation}", auth.signature);
+            self.remember(&key, signed_at + SIGNATURE_WINDOW, now)?;
+        }
+        Ok(Verified {
+            access_key_id: auth.access_key_id.to_owned(),
+            region: auth.region.to_owned(),
+        })
+    }
+
+    fn remember(&self, key: &str, expires: SystemTime, now: SystemTime) -> Result<(), SigV4Error> {
+        let mut cache = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        cache.prune(now);
+        if cache.seen.contains(key) {
+            return Err(SigV4Error::Replayed);
+        }
+        if cache.seen.len() >= MAX_REMEMBERED_SIGNATURES {
+            return Err(SigV4Error::Busy);
+        }
+        cache.seen.insert(key.to_owned());
+        cache.by_expiry.insert((expires, key.to_owned()));
+        Ok(())
+    }
+}
+
+fn expected_signature(
+    request: &RequestParts<'_>,
+    auth: &Authorization<'_>,
+    secret: &str,
+    signed_at: SystemTime,
+) -> Result<String, SigV4Error> {
+    let authority = request
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| SigV4Error::Malformed("the request has no Host".into()))?;
+    let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
+    for &name in &auth.signed_headers {
+        if name == "host" {
+            headers.push(("host", authority.clone()));
+            continue;
+        }
+        let mut any = false;
+        for value in request.headers.get_all(name) {
+            let value = value
+                .to_str()
+                .map_err(|_| SigV4Error::Malformed(format!("signed header {name} is not ASCII")))?;
+            headers.push((name, value.to_owned()));
+            any = true;
+        }
+        if !any {
+            return Err(SigV4Error::Malformed(format!(
+                "signed header {name} is not in the request"
+            )));
+        }
+    }
+    let path_and_query = request
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("http://{authority}{path_and_query}");
+    let signable = SignableRequest::new(
+        request.method.as_str(),
+        url,
+        headers.iter().map(|(k, v)| (*k, v.as_str())),
+        SignableBody::Bytes(request.body),
+    )
+    .map_err(|e| SigV4Error::Malformed(format!("cannot canonicalise the request: {e}")))?;
+    let mut settings = SigningSettings::default();
+    // Sign exactly what the caller listed: nothing excluded, nothing added.
+    settings.excluded_headers = None;
+    let identity = Credentials::new(auth.access_key_id, secret, None, None, "ssmx-gateway").into();
+    let params = SigningParams::builder()
+        .identity(&identity)
+        .region(auth.region)
+        .name(auth.service)
+        .time(signed_at)
+        .settings(settings)
+        .build()
+        .map_err(|e| SigV4Error::Malformed(format!("cannot build signing parameters: {e}")))?;
+    let output = sign(signable, &params.into())
+        .map_err(|e| SigV4Error::Malformed(format!("cannot compute the signature: {e}")))?;
+    Ok(output.signature().to_owned())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sigv4::http_request::SigningSettings;
+
+    const KEY: &str = "AKIDEXAMPLE";
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    fn signed(body: &[u8], at: SystemTime, secret: &str) -> (HeaderMap, Uri) {
+        let identity = Credentials::new(KEY, secret, None, None, "test").into();
+        let params = SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("ssm")
+            .time(at)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap();
+        let headers = [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amz-target", "AmazonSSM.DescribeSessions"),
+            ("host", "127.0.0.1:9"),
+        ];
+        let req = SignableRequest::new(
+            "POST",
+            "http://127.0.0.1:9/",
+            headers.iter().copied(),
+            SignableBody::Bytes(body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(req, &params.into()).unwrap().into_parts();
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(k, v.parse().unwrap());
+        }
+        for (k, v) in instructions.headers() {
+            map.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        (map, Uri::from_static("/"))
+    }
+
+    fn check(
+        v: &Verifier,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Verified, SigV4Error> {
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri,
+            headers,
+            body,
+        };
+        v.verify(parts, "ssm", now, true, |k| {
+            (k == KEY).then(|| SECRET.to_owned())
+        })
+    }
+
+    #[test]
+    fn accepts_once_then_refuses_replay() {
+        let now = SystemTime::now();
+        let (h, u) = signed(b"{}", now, SECRET);
+        let v = Verifier::new();
+        assert_eq!(check(&v, &h, &u, b"{}", now).unwrap().access_key_id, KEY);
+        assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Replayed));
+    }
+
+    #[test]
+    fn refuses_tampering_wrong_secret_and_stale_dates() {
+        let now = SystemTime::now();
+        let v = Verifier::new();
+        let (h, u) = signed(b"{}", now, SECRET);
+        assert_eq!(
+            check(&v, &h, &u, b"{\"x\":1}", now),
+            Err(SigV4Error::Mismatch)
+        );
+        let (h, u) = signed(b"{}", now, "not-the-secret");
+        assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Mismatch));
+        let old = now - Duration::from_secs(16 * 60);
+        let (h, u) = signed(b"{}", old, SECRET);
+        assert!(matches!(
+            check(&v, &h, &u, b"{}", now),
+            Err(SigV4Error::Expired { .. })
+        ));
+        let mut h = h;
+        h.remove(http::header::AUTHORIZATION);
+        assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Missing));
+    }
+
+    #[test]
+    fn malformed_headers_are_typed_errors() {
+        for bad in [
+            "Basic abc",
+            "AWS4-HMAC-SHA256 Credential=A/2020/us/ssm, SignedHeaders=host, Signature=00",
+            "AWS4-HMAC-SHA256 Credential=A/20200101/us-east-1/ssm/aws4_request, SignedHeaders=x-amz-date, Signature=0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(matches!(
+                parse_authorization(bad),
+                Err(SigV4Error::Malformed(_))
+            ));
+        }
+    }
+}
