@@ -223,6 +223,11 @@ impl GatewayBuilder {
                 })
             }
             None => tokio::spawn(async move {
+                // Keystrokes and acks are tiny frames: Nagle's algorithm would hold each one
+                // back for a delayed ACK (tens of milliseconds per round trip).
+                let tcp = axum::serve::ListenerExt::tap_io(tcp, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let _ = axum::serve(tcp, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;

@@ -117,6 +117,8 @@ impl TlsListener {
                     },
                     _ = stop.cancelled() => break,
                 };
+                // Small frames must not wait for delayed ACKs (see the plain listener).
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 let stop = stop.clone();
