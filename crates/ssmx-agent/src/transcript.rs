@@ -98,8 +98,11 @@ impl Transcript {
         let elapsed = inner.started.elapsed().as_secs_f64();
         let path = inner.path.clone();
         if let Some(writer) = inner.writer.as_mut() {
-            let line = json!([(elapsed * 1e6).round() / 1e6, code, text]);
-            if let Err(e) = writeln!(writer, "{line}") {
+            let event = ((elapsed * 1e6).round() / 1e6, code, text);
+            let written = serde_json::to_writer(&mut *writer, &event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writer.write_all(b"\n"));
+            if let Err(e) = written {
                 tracing::warn!(path = %path.display(), "transcript write failed, stopping it: {e}");
                 inner.writer = None;
             }
