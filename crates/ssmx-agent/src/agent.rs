@@ -15,9 +15,9 @@ use tracing::Instrument;
 use crate::config::AgentConfig;
 use crate::control::Control;
 use crate::error::AgentError;
+use crate::gateway_api::GatewayApi;
 use crate::mgs::Mgs;
 use crate::session::{self, Report, SessionEnv};
-use crate::ssm_api::SsmApi;
 
 /// Session results waiting for the control channel. Bounded: when the control channel is down
 /// for long, finished sessions wait to report instead of growing memory.
@@ -45,11 +45,12 @@ impl Agent {
         let registration = &self.config.registration;
         let span = tracing::info_span!("agent", instance = %registration.instance_id);
         let mgs = Arc::new(Mgs::new(registration, timing.http_timeout)?);
-        let ssm = SsmApi::new(registration, timing.http_timeout)?;
+        let api = Arc::new(GatewayApi::new(registration, timing.http_timeout)?);
         let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
         let sessions = Arc::new(Sessions::new(
             Arc::new(SessionEnv {
                 mgs: mgs.clone(),
+                api: api.clone(),
                 config: Arc::new(self.config),
             }),
             report_tx,
@@ -69,7 +70,7 @@ impl Agent {
                 // starts late still learns the host's details soon.
                 let mut retries = timing.control_backoff.start();
                 loop {
-                    let pause = match ssm.update_instance_information().await {
+                    let pause = match api.update_instance_information().await {
                         Ok(()) => {
                             tracing::debug!("instance information updated");
                             retries.reset();

@@ -39,6 +39,16 @@ pub enum AgentError {
         /// The response body (truncated).
         body: String,
     },
+    /// The gateway refused an API call with an AWS-shaped error.
+    #[error("{operation} refused ({code}): {message}")]
+    Refused {
+        /// The `X-Amz-Target` of the call.
+        operation: &'static str,
+        /// The error code (`AccessDeniedException`, …).
+        code: String,
+        /// The gateway's explanation.
+        message: String,
+    },
     /// A response body could not be understood.
     #[error("unexpected response from {url}: {detail}")]
     Response {

@@ -22,6 +22,7 @@ mod backoff;
 mod config;
 mod control;
 mod error;
+mod gateway_api;
 mod host_info;
 mod mgs;
 mod plugins;
@@ -29,7 +30,6 @@ mod process;
 mod registration;
 mod session;
 mod sigv4;
-mod ssm_api;
 #[allow(unsafe_code)]
 mod sys;
 mod transcript;

@@ -12,6 +12,8 @@ use crate::error::AgentError;
 pub(crate) const SERVICE_MGS: &str = "ssmmessages";
 /// SigV4 service name of the SSM API.
 pub(crate) const SERVICE_SSM: &str = "ssm";
+/// SigV4 service name of KMS.
+pub(crate) const SERVICE_KMS: &str = "kms";
 
 /// Signs requests for one credential and region.
 #[derive(Clone)]

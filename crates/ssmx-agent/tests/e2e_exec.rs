@@ -63,7 +63,12 @@ async fn joined_output_keeps_order_and_has_no_exit_code() {
 async fn large_payloads_are_negotiated_with_an_ssmx_client() {
     let stack = Stack::start().await;
     let mut session = stack
-        .start_session(Some(EXEC), &[("command", "head -c 300000 /dev/zero")])
+        // One write of 300 kB: the pipe fills before the agent is woken, so its reads are
+        // large however busy the machine is (small writes would wake it for each one).
+        .start_session(
+            Some(EXEC),
+            &[("command", "dd if=/dev/zero bs=300000 count=1 status=none")],
+        )
         .await;
     let (request, _) = session.handshake(CLIENT_VERSION, Some(1 << 20)).await;
     let offered = request

@@ -6,25 +6,7 @@ mod common;
 use common::{Stack, Tmux};
 
 fn shell_command(stack: &Stack) -> String {
-    let mut parts = vec![
-        format!("AWS_ACCESS_KEY_ID={}", common::ACCESS_KEY_ID),
-        format!("AWS_SECRET_ACCESS_KEY={}", common::SECRET_ACCESS_KEY),
-        format!("AWS_CONFIG_FILE={}", stack.path("no-aws-config").display()),
-        format!(
-            "AWS_SHARED_CREDENTIALS_FILE={}",
-            stack.path("no-aws-credentials").display()
-        ),
-        "AWS_EC2_METADATA_DISABLED=true".to_owned(),
-    ];
-    parts.push(common::bin("ssmx").display().to_string());
-    parts.extend([
-        "--endpoint-url".into(),
-        stack.url.clone(),
-        "--region".into(),
-        common::REGION.into(),
-    ]);
-    parts.extend(["shell".into(), stack.instance_id.clone()]);
-    parts.join(" ")
+    stack.command_line(&["shell", &stack.instance_id])
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub enum Error {
     #[error("session {0} does not exist")]
     SessionNotFound(String),
     /// Any other failure of an SSM API call.
-    #[error("{operation} failed: {message}")]
+    #[error("{operation} failed{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Api {
         /// The SSM operation, e.g. `StartSession`.
         operation: &'static str,

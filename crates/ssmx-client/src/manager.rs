@@ -144,9 +144,14 @@ impl SessionManagerBuilder {
         if let Some(t) = self.options.api_timeout {
             ssm = ssm.timeout_config(TimeoutConfig::builder().operation_timeout(t).build());
         }
-        let kms = aws_sdk_kms::config::Builder::from(config)
-            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts))
-            .build();
+        let mut kms = aws_sdk_kms::config::Builder::from(config)
+            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts));
+        if config.endpoint_url().is_some_and(is_aws_endpoint) {
+            // An AWS SSM endpoint (aws-cli always hands one to the plugin) is no KMS endpoint:
+            // KMS resolves its own from the region. Any other endpoint is a gateway serving both.
+            kms.set_endpoint_url(None);
+        }
+        let kms = kms.build();
         SessionManager {
             inner: Arc::new(Inner {
                 ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
@@ -158,6 +163,18 @@ impl SessionManagerBuilder {
             }),
         }
     }
+}
+
+/// True when `url` names an AWS service endpoint (`*.amazonaws.com`, `*.amazonaws.com.cn`,
+/// `*.api.aws`) rather than a self-hosted gateway.
+fn is_aws_endpoint(url: &str) -> bool {
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    [".amazonaws.com", ".amazonaws.com.cn", ".api.aws"]
+        .iter()
+        .any(|suffix| host.ends_with(suffix))
 }
 
 /// What StartSession (or ResumeSession) returns: everything needed to open the data channel.
@@ -421,5 +438,20 @@ impl Inner {
             .await
             .map_err(|e| Error::from_api("TerminateSession", session_id, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_aws_endpoint;
+
+    #[test]
+    fn aws_endpoints_are_told_from_gateways() {
+        assert!(is_aws_endpoint("https://ssm.us-east-1.amazonaws.com"));
+        assert!(is_aws_endpoint("https://ssm.cn-north-1.amazonaws.com.cn/"));
+        assert!(is_aws_endpoint("https://ssm.us-east-1.api.aws"));
+        assert!(!is_aws_endpoint("http://127.0.0.1:8080"));
+        assert!(!is_aws_endpoint("https://gateway.example.com"));
+        assert!(!is_aws_endpoint("not a url"));
     }
 }

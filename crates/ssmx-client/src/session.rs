@@ -429,6 +429,13 @@ impl Pump {
             Ok(end) => tracing::debug!(?end, "session ended"),
             Err(e) => tracing::warn!("session failed: {e}"),
         }
+        if let Err(Error::Encryption(_)) = &outcome {
+            // Altered or undecryptable data: end the session at the service too, so the agent
+            // stops now rather than when the disconnect timeout runs out.
+            if let Err(e) = self.manager.terminate_session(&self.session_id).await {
+                tracing::warn!("cannot terminate the session after the encryption failure: {e}");
+            }
+        }
         self.phase.send_replace(Phase::Ended);
         let last = outcome.map(SessionEvent::Ended);
         // The reader may be gone; then nobody needs the news.

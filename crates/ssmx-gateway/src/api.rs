@@ -50,6 +50,10 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if ssmx_kms::is_kms_target(&target) {
+        let span = tracing::info_span!("kms", op = %target);
+        return span.in_scope(|| crate::kms::handle(&hub, &target, &method, &uri, &headers, &body));
+    }
     let op = target.strip_prefix(TARGET_PREFIX).unwrap_or("").to_owned();
     let span = tracing::info_span!("api", op = %op);
     async move {
@@ -81,13 +85,14 @@ async fn dispatch(
 ) -> ApiResult {
     // Requests that mint tokens or activation codes must not work twice (see sigv4).
     let single_use = matches!(op, "StartSession" | "ResumeSession" | "CreateActivation");
-    let caller = hub.authenticate_api(
+    let caller = hub.authenticate(
         RequestParts {
             method,
             uri,
             headers,
             body,
         },
+        "ssm",
         single_use,
     )?;
     let host = headers

@@ -129,6 +129,32 @@ pub struct Config {
     pub credentials: Vec<ApiCredential>,
     /// HTTPS when present.
     pub tls: Option<TlsConfig>,
+    /// The key service for encrypted sessions.
+    #[serde(default)]
+    pub kms: KmsConfig,
+}
+
+/// The `[kms]` section: the key service that answers KMS calls for encrypted sessions.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// GenerateDataKey naming an alias that does not exist creates a key under it (default
+    /// true), so `kmsKeyId: alias/<name>` in a document works without key administration.
+    /// Turn off to allow only keys created with CreateKey/CreateAlias.
+    #[serde(default = "default_true")]
+    pub create_missing_aliases: bool,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            create_missing_aliases: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Config {

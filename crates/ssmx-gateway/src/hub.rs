@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use ssmx_kms::KeyService;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -70,6 +71,8 @@ pub(crate) struct Hub {
     pub store: Arc<Store>,
     pub documents: Documents,
     pub verifier: Verifier,
+    /// The key service behind the KMS API.
+    pub kms: KeyService,
     api_keys: HashMap<String, ApiCredential>,
     agents: Mutex<HashMap<String, AgentLink>>,
     /// Bumped whenever a control channel opens or closes.
@@ -92,6 +95,7 @@ impl Hub {
         settings: Settings,
         store: Arc<Store>,
         documents: Documents,
+        kms: KeyService,
         credentials: &[ApiCredential],
     ) -> Self {
         Self {
@@ -99,6 +103,7 @@ impl Hub {
             store,
             documents,
             verifier: Verifier::new(),
+            kms,
             api_keys: credentials
                 .iter()
                 .map(|c| (c.access_key_id.clone(), c.clone()))
@@ -123,16 +128,26 @@ impl Hub {
         format!("arn:aws:iam::{}:user/{user}", self.settings.account_id)
     }
 
-    /// Verifies an SSM API signature made with an API key or an agent credential.
-    pub fn authenticate_api(
+    /// The ARN of a registered instance.
+    pub fn instance_arn(&self, instance_id: &str) -> String {
+        format!(
+            "arn:aws:ssm:{}:{}:managed-instance/{instance_id}",
+            self.settings.region, self.settings.account_id
+        )
+    }
+
+    /// Verifies a signature for `service` (`ssm` or `kms`) made with an API key or an agent
+    /// credential.
+    pub fn authenticate(
         &self,
         parts: RequestParts<'_>,
+        service: &'static str,
         single_use: bool,
     ) -> Result<Caller, SigV4Error> {
         let mut caller = None;
         let mut lookup_error = None;
         self.verifier
-            .verify(parts, "ssm", SystemTime::now(), single_use, |akid| {
+            .verify(parts, service, SystemTime::now(), single_use, |akid| {
                 if let Some(cred) = self.api_keys.get(akid) {
                     caller = Some(Caller::User {
                         name: cred.user.clone(),

@@ -39,6 +39,7 @@ pub mod tokens;
 
 mod api;
 mod hub;
+mod kms;
 mod mgs;
 mod server;
 mod session;
@@ -48,6 +49,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ssmx_kms::KeyService;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -76,6 +78,9 @@ pub enum GatewayError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The key service's tables could not be opened.
+    #[error("cannot open the key service's tables: {0}")]
+    Kms(#[from] ssmx_kms::StoreError),
     /// The listen address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -199,10 +204,15 @@ impl GatewayBuilder {
                 .map(Duration::from_secs)
                 .unwrap_or(config::DEFAULT_DISCONNECT_TIMEOUT),
         };
+        let kms = KeyService::new(store.key_store()?)
+            .with_region(settings.region.clone())
+            .with_account_id(settings.account_id.clone())
+            .create_missing_aliases(config.kms.create_missing_aliases);
         let hub = Arc::new(Hub::new(
             settings,
             store.clone(),
             documents,
+            kms,
             &config.credentials,
         ));
         if config.credentials.is_empty() {

@@ -18,7 +18,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -309,7 +309,7 @@ pub struct AuditEntry {
 
 /// The SQLite store. Cheap operations, run inline under a mutex.
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     sealing_key: aead::LessSafeKey,
 }
 
@@ -335,13 +335,18 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             sealing_key: aead::LessSafeKey::new(unbound),
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key service's tables (`kms_keys`, `kms_aliases`) in this database.
+    pub fn key_store(&self) -> Result<ssmx_kms::SqliteKeyStore, ssmx_kms::StoreError> {
+        ssmx_kms::SqliteKeyStore::new(self.conn.clone())
     }
 
     /// Creates an activation and returns its id and (only now) its code.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ssmx_channel::{ChannelConfig, ChannelEvent, Receiver, Role, Sender, Transport};
+use ssmx_protocol::crypto::SessionCipher;
 
 use crate::backoff::Backoff;
 use crate::error::AgentError;
@@ -33,6 +34,8 @@ pub(crate) struct DataChannel {
     session_id: String,
     backoff: Backoff,
     retries: u32,
+    /// Opens the client's Output payloads once the session is encrypted.
+    cipher: Option<Arc<SessionCipher>>,
 }
 
 impl DataChannel {
@@ -52,7 +55,13 @@ impl DataChannel {
             session_id: session_id.to_owned(),
             backoff,
             retries,
+            cipher: None,
         })
+    }
+
+    /// Decrypts the client's Output payloads from now on (PROTOCOL.md §7.1).
+    pub(crate) fn decrypt_with(&mut self, cipher: Arc<SessionCipher>) {
+        self.cipher = Some(cipher);
     }
 
     /// The next event; reconnects transparently when the WebSocket drops.
@@ -63,10 +72,23 @@ impl DataChannel {
                     payload_type,
                     payload,
                 }) => {
+                    let payload = match &self.cipher {
+                        Some(cipher) if cipher.role().peer().encrypts(payload_type) => {
+                            match cipher.decrypt(&payload) {
+                                Ok(plaintext) => plaintext,
+                                Err(e) => {
+                                    return DataEvent::Failed(format!(
+                                        "cannot decrypt the client's data ({e}); the session was ended so that nothing corrupted reaches it"
+                                    ))
+                                }
+                            }
+                        }
+                        _ => payload,
+                    };
                     return DataEvent::Payload(Input {
                         payload_type,
                         payload,
-                    })
+                    });
                 }
                 Some(ChannelEvent::Message(msg)) => {
                     tracing::debug!(message_type = %msg.message_type, "ignoring message on the data channel");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use ssmx_protocol::crypto::{SessionCipher, OVERHEAD};
 use ssmx_protocol::PayloadType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,50 @@ impl OutputSink for ssmx_channel::Sender {
             ssmx_channel::Sender::send(self, payload_type, payload)
                 .await
                 .map_err(|_| OutputClosed)
+        })
+    }
+}
+
+/// The data channel of an encrypted session (PROTOCOL.md §7): Output, StdErr and ExitCode are
+/// sealed with the session's data key, each piece small enough for one message (the channel
+/// would split a longer payload, and a split ciphertext cannot be opened).
+pub(crate) struct EncryptedSink {
+    sender: ssmx_channel::Sender,
+    cipher: Arc<SessionCipher>,
+    /// Largest plaintext per message: the message limit less [`OVERHEAD`].
+    max_plaintext: usize,
+}
+
+impl EncryptedSink {
+    /// Seals what goes out on `sender`, whose messages carry at most `max_payload` bytes.
+    pub(crate) fn new(
+        sender: ssmx_channel::Sender,
+        cipher: Arc<SessionCipher>,
+        max_payload: usize,
+    ) -> Self {
+        Self {
+            sender,
+            cipher,
+            max_plaintext: max_payload.saturating_sub(OVERHEAD).max(1),
+        }
+    }
+}
+
+impl OutputSink for EncryptedSink {
+    fn send(
+        &self,
+        payload_type: PayloadType,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<(), OutputClosed>> {
+        Box::pin(async move {
+            if !self.cipher.role().encrypts(payload_type) {
+                return OutputSink::send(&self.sender, payload_type, payload).await;
+            }
+            for piece in payload.chunks(self.max_plaintext) {
+                let sealed = self.cipher.encrypt(piece);
+                OutputSink::send(&self.sender, payload_type, sealed).await?;
+            }
+            Ok(())
         })
     }
 }

@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ssmx_channel::{ChannelConfig, Role};
+use ssmx_protocol::crypto::OVERHEAD;
 use ssmx_protocol::payload::{session_state, task_status, AgentSessionState, AgentTaskPayload};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
+use crate::gateway_api::GatewayApi;
 use crate::mgs::Mgs;
 use crate::plugins::{command, port, shell};
 use crate::transcript::Transcript;
 use data_channel::{DataChannel, DataEvent};
-use handshake::HandshakeError;
-use io::{Activity, Input, Output, PluginContext, PluginOutcome};
+use handshake::{Encryption, HandshakeError};
+use io::{Activity, EncryptedSink, Input, Output, OutputSink, PluginContext, PluginOutcome};
 use plan::{Plan, Plugin};
 
 /// Client payloads queued for a plugin that is busy (e.g. a PTY that is not reading). Bounded so
@@ -35,6 +37,8 @@ const INPUT_QUEUE: usize = 64;
 pub(crate) struct SessionEnv {
     /// The gateway's MGS endpoints.
     pub(crate) mgs: Arc<Mgs>,
+    /// The gateway's JSON APIs (KMS for encrypted sessions).
+    pub(crate) api: Arc<GatewayApi>,
     /// The agent's settings.
     pub(crate) config: Arc<AgentConfig>,
 }
@@ -169,11 +173,19 @@ async fn run_plugin(
     let timing = &env.config.timing;
     let mut client_version = String::new();
     let mut max_payload = ChannelConfig::new(Role::Agent).max_payload;
+    let mut cipher = None;
     if let Some(properties) = plan.handshake.clone() {
+        let encryption = plan.kms_key_id.as_deref().map(|key_id| Encryption {
+            key_id,
+            session_id,
+            instance_id: &env.config.registration.instance_id,
+            api: &env.api,
+        });
         let handshake = handshake::perform(
             channel,
             &plan.session_type,
             properties,
+            encryption,
             |version| plan.customer_message(version),
             timing.handshake_timeout,
         );
@@ -183,11 +195,12 @@ async fn run_plugin(
         };
         match result {
             Ok(negotiated) => {
-                tracing::info!(client_version = %negotiated.client_version, max_payload = ?negotiated.max_payload, "handshake complete");
+                tracing::info!(client_version = %negotiated.client_version, max_payload = ?negotiated.max_payload, encrypted = negotiated.cipher.is_some(), "handshake complete");
                 client_version = negotiated.client_version;
                 if let Some(agreed) = negotiated.max_payload {
                     max_payload = agreed;
                 }
+                cipher = negotiated.cipher;
             }
             Err(HandshakeError::Closed) => return Report::cancelled(),
             Err(HandshakeError::Failed(reason)) => return Report::failed(reason),
@@ -196,12 +209,17 @@ async fn run_plugin(
 
     let activity = Activity::new();
     let record_output = !matches!(plan.plugin, Plugin::Port(_));
-    let output = Output::new(
-        Arc::new(channel.sender.clone()),
-        transcript,
-        record_output,
-        activity.clone(),
-    );
+    let sink: Arc<dyn OutputSink> = match cipher {
+        Some(cipher) => {
+            channel.decrypt_with(cipher.clone());
+            let sink = EncryptedSink::new(channel.sender.clone(), cipher, max_payload);
+            // Plugins cut their output so that each sealed piece fits one message.
+            max_payload -= OVERHEAD;
+            Arc::new(sink)
+        }
+        None => Arc::new(channel.sender.clone()),
+    };
+    let output = Output::new(sink, transcript, record_output, activity.clone());
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let plugin_cancel = cancel.child_token();
     let ctx = PluginContext {

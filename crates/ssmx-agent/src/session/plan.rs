@@ -26,6 +26,9 @@ const SEPARATE_OUTPUT_MIN_CLIENT_EXCLUSIVE: &str = "1.2.295";
 /// HandshakeComplete text for those clients.
 const SEPARATE_OUTPUT_UPGRADE_MESSAGE: &str = "Please update session manager plugin version (minimum required version 1.2.312.0) for fully support of separate StdOut/StdErr output.\r\n";
 
+/// HandshakeComplete text of an encrypted session.
+const ENCRYPTED_MESSAGE: &str = "This session is encrypted using AWS KMS.";
+
 /// The plugin a session runs, with its settings.
 #[derive(Debug)]
 pub(crate) enum Plugin {
@@ -52,18 +55,23 @@ pub(crate) struct Plan {
     pub(crate) max_duration: Option<Duration>,
     /// A NonInteractiveCommands session with separate output (an old client gets a warning).
     pub(crate) separate_output: bool,
+    /// The KMS key the session must be encrypted with (`inputs.kmsKeyId`), if any.
+    pub(crate) kms_key_id: Option<String>,
 }
 
 impl Plan {
-    /// The HandshakeComplete `CustomerMessage` for a client of `client_version`.
+    /// The HandshakeComplete `CustomerMessage` for a client of `client_version` (§6.4).
     pub(crate) fn customer_message(&self, client_version: &str) -> String {
+        let mut message = String::new();
         if self.separate_output
             && agent_compare(client_version, SEPARATE_OUTPUT_MIN_CLIENT_EXCLUSIVE).is_le()
         {
-            SEPARATE_OUTPUT_UPGRADE_MESSAGE.to_owned()
-        } else {
-            String::new()
+            message.push_str(SEPARATE_OUTPUT_UPGRADE_MESSAGE);
         }
+        if self.kms_key_id.is_some() {
+            message.push_str(ENCRYPTED_MESSAGE);
+        }
+        message
     }
 }
 
@@ -87,12 +95,9 @@ pub(crate) fn plan(request: &AgentTaskPayload, config: &AgentConfig) -> Result<P
     let idle_timeout = minutes(inputs.idle_session_timeout_minutes);
     let max_duration = minutes(inputs.max_session_duration_minutes);
     let properties = os_properties(&document.properties);
-    if !inputs.kms_key_id.is_empty() && session_type != session_type::PORT {
-        return Err(format!(
-            "the session document requires KMS encryption (kmsKeyId {:?}), which this agent does not support yet; the session was not started unencrypted",
-            inputs.kms_key_id
-        ));
-    }
+    // Unlike the official agent, Port sessions are encrypted too when the document asks: the
+    // official client handles encryption the same way for every session type.
+    let kms_key_id = Some(inputs.kms_key_id.trim().to_owned()).filter(|id| !id.is_empty());
     let run_as = || -> Result<SessionUser, String> {
         let requested = if inputs.run_as_enabled {
             let user = [
@@ -184,6 +189,11 @@ pub(crate) fn plan(request: &AgentTaskPayload, config: &AgentConfig) -> Result<P
             ))
         }
     };
+    // Encryption is agreed in the handshake, so an encrypted session always has one.
+    let handshake = match (handshake, &kms_key_id) {
+        (None, Some(_)) => Some(Value::Null),
+        (handshake, _) => handshake,
+    };
     Ok(Plan {
         session_type,
         plugin,
@@ -191,6 +201,7 @@ pub(crate) fn plan(request: &AgentTaskPayload, config: &AgentConfig) -> Result<P
         idle_timeout,
         max_duration,
         separate_output,
+        kms_key_id,
     })
 }
 
@@ -307,6 +318,18 @@ mod tests {
     }
 
     #[test]
+    fn kms_key_id_turns_on_encryption_with_a_handshake() {
+        let doc = json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {"kmsKeyId": " alias/x "}});
+        let plan = plan(&request(doc, json!({})), &config()).unwrap();
+        assert_eq!(plan.kms_key_id.as_deref(), Some("alias/x"));
+        assert_eq!(plan.handshake, Some(Value::Null));
+        assert_eq!(plan.customer_message("1.2.779.0"), ENCRYPTED_MESSAGE);
+        let plain = json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {"kmsKeyId": ""}});
+        let plan = super::plan(&request(plain, json!({})), &config()).unwrap();
+        assert_eq!((plan.kms_key_id, plan.handshake), (None, None));
+    }
+
+    #[test]
     fn bad_requests_are_refused_with_a_reason() {
         let unknown = json!({"schemaVersion": "1.0", "sessionType": "Teleport"});
         let err = plan(&request(unknown, json!({})), &config()).unwrap_err();
@@ -318,10 +341,6 @@ mod tests {
         assert!(plan(&request(schema, json!({})), &config())
             .unwrap_err()
             .contains("schema version"));
-        let kms = json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {"kmsKeyId": "alias/x"}});
-        assert!(plan(&request(kms, json!({})), &config())
-            .unwrap_err()
-            .contains("KMS"));
         let empty = json!({"schemaVersion": "1.0", "sessionType": "InteractiveCommands", "properties": {"linux": {"commands": ""}}});
         assert!(plan(&request(empty, json!({})), &config())
             .unwrap_err()

@@ -79,15 +79,32 @@ impl Stack {
     /// Starts a gateway on an ephemeral port, registers an agent with a fresh activation and
     /// starts it, and waits until the gateway reports it online.
     pub fn start() -> Stack {
+        Self::start_with(&[], "")
+    }
+
+    /// [`Stack::start`] with custom session documents (`(name, JSON)`, e.g. session
+    /// preferences as `SSM-SessionManagerRunShell`) and extra gateway configuration (TOML
+    /// appended to the file).
+    pub fn start_with(documents: &[(&str, serde_json::Value)], extra_config: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gateway.toml");
         let db = dir.path().join("gateway.db");
+        let documents_dir = dir.path().join("documents");
+        std::fs::create_dir(&documents_dir).unwrap();
+        for (name, content) in documents {
+            std::fs::write(
+                documents_dir.join(format!("{name}.json")),
+                content.to_string(),
+            )
+            .unwrap();
+        }
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\nregion = \"{REGION}\"\nrecordings_dir = \"{}\"\n\n[[credentials]]\naccess_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key = \"{SECRET_ACCESS_KEY}\"\nuser = \"tester\"\n",
+                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\nregion = \"{REGION}\"\nrecordings_dir = \"{}\"\ndocuments_dir = \"{}\"\n\n[[credentials]]\naccess_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key = \"{SECRET_ACCESS_KEY}\"\nuser = \"tester\"\n\n{extra_config}\n",
                 db.display(),
-                dir.path().join("recordings").display()
+                dir.path().join("recordings").display(),
+                documents_dir.display(),
             ),
         )
         .unwrap();
@@ -210,6 +227,27 @@ impl Stack {
         self.aws_env(&mut cmd);
         cmd.args(["--endpoint-url", &self.url, "--region", REGION]);
         cmd
+    }
+
+    /// A shell command line running `ssmx ARGS…` against the stack (for a terminal in tmux).
+    pub fn command_line(&self, args: &[&str]) -> String {
+        let mut parts = vec![
+            format!("AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}"),
+            format!("AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}"),
+            format!("AWS_CONFIG_FILE={}", self.path("no-aws-config").display()),
+            format!(
+                "AWS_SHARED_CREDENTIALS_FILE={}",
+                self.path("no-aws-credentials").display()
+            ),
+            "AWS_EC2_METADATA_DISABLED=true".to_owned(),
+            bin("ssmx").display().to_string(),
+            "--endpoint-url".into(),
+            self.url.clone(),
+            "--region".into(),
+            REGION.into(),
+        ];
+        parts.extend(args.iter().map(|a| a.to_string()));
+        parts.join(" ")
     }
 
     /// Sets the AWS environment (credentials, region, no shared config) on `cmd`.

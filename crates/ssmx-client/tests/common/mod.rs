@@ -46,10 +46,29 @@ pub struct Stack {
 impl Stack {
     /// Starts the gateway and the agent and waits until the agent is online.
     pub async fn start() -> Stack {
+        Self::start_with_documents(&[]).await
+    }
+
+    /// [`Stack::start`] with custom session documents (`(name, JSON)`; `SSM-SessionManagerRunShell`
+    /// replaces the session preferences).
+    pub async fn start_with_documents(documents: &[(&str, serde_json::Value)]) -> Stack {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
+        let documents_dir = dir.path().join("documents");
+        std::fs::create_dir(&documents_dir).unwrap();
+        for (name, content) in documents {
+            std::fs::write(
+                documents_dir.join(format!("{name}.json")),
+                content.to_string(),
+            )
+            .unwrap();
+        }
         let credential = ApiCredential::generate("tester");
         let gateway = Gateway::builder()
+            .config(ssmx_gateway::config::Config {
+                documents_dir: Some(documents_dir),
+                ..Default::default()
+            })
             .listen("127.0.0.1:0".parse().unwrap())
             .database(Database::Memory)
             .credential(credential.clone())
