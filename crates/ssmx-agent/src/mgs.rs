@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
@@ -219,10 +220,20 @@ impl Mgs {
         // Nagle's algorithm would hold small frames (keystrokes, echoes, acknowledgements) back
         // for the peer's delayed ACK: tens of milliseconds per hop.
         let disable_nagle = true;
-        let (mut socket, _response) =
-            tokio_tungstenite::connect_async_with_config(request, None, disable_nagle)
-                .await
-                .map_err(|e| ws_error(error_chain(&e)))?;
+        let connector = match url.scheme() {
+            "wss" | "https" => {
+                Connector::Rustls(ssmx_channel::tls::client_config().map_err(ws_error)?)
+            }
+            _ => Connector::Plain,
+        };
+        let (mut socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            disable_nagle,
+            Some(connector),
+        )
+        .await
+        .map_err(|e| ws_error(error_chain(&e)))?;
         socket
             .send(Message::text(first_frame))
             .await
@@ -238,7 +249,12 @@ pub(crate) fn is_session_terminated(error: &AgentError) -> bool {
 
 /// The HTTP client for gateway REST calls.
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, AgentError> {
+    let tls = ssmx_channel::tls::client_config().map_err(|detail| AgentError::Http {
+        url: String::new(),
+        detail,
+    })?;
     reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
         .timeout(timeout)
         .user_agent(concat!("ssmx-agent/", env!("CARGO_PKG_VERSION")))
         .build()

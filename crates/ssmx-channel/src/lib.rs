@@ -29,6 +29,7 @@
 
 pub mod core;
 pub mod driver;
+pub mod tls;
 
 pub use crate::core::{Channel, ChannelConfig, ChannelError, Event, Role, SendError};
 pub use crate::driver::{spawn, ChannelEvent, Receiver, Sender, Transport, TransportError};

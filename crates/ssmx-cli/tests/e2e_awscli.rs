@@ -76,6 +76,42 @@ fn aws_cli_runs_a_command_session_through_our_plugin() {
 }
 
 #[test]
+fn aws_cli_runs_an_encrypted_session_through_our_plugin() {
+    // Session preferences that require KMS encryption: aws-cli hands the gateway endpoint to
+    // the plugin, which asks the gateway's key service for the data key.
+    let preferences = serde_json::json!({
+        "schemaVersion": "1.0",
+        "sessionType": "Standard_Stream",
+        "inputs": {"kmsKeyId": "alias/ssmx-awscli"}
+    });
+    let stack = Stack::start_with(&[("SSM-SessionManagerRunShell", preferences)], "");
+    let out = aws(&stack)
+        .args(["ssm", "start-session", "--target", &stack.instance_id])
+        .args([
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+        ])
+        .arg(r#"{"command":["sh -c 'echo sealed-by-aws-cli-$((40+2))'"]}"#)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aws-cli failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stdout,
+        stack.logs()
+    );
+    assert!(
+        stdout.contains("This session is encrypted using AWS KMS."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sealed-by-aws-cli-42"), "{stdout}");
+}
+
+#[test]
 fn aws_cli_port_forwarding_session_forwards_tcp() {
     let stack = Stack::start();
     let echo = common::echo_server();

@@ -2,7 +2,7 @@
 //! (TLS with rustls, through an HTTP proxy when the environment names one), then send the
 //! `OpenDataChannel` text frame with the session token.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -74,7 +74,9 @@ impl Dialer {
             .map_err(|e| fail(e.to_string()))?;
             tcp.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
             let connector = match url.scheme() {
-                "wss" | "https" => Connector::Rustls(tls_config().map_err(fail)?),
+                "wss" | "https" => {
+                    Connector::Rustls(ssmx_channel::tls::client_config().map_err(fail)?)
+                }
                 _ => Connector::Plain,
             };
             let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
@@ -104,30 +106,6 @@ pub(crate) fn redact(stream_url: &str) -> String {
         .next()
         .unwrap_or(stream_url)
         .to_owned()
-}
-
-/// rustls settings shared by every connection: the ring provider, the system's trust store
-/// (which honours `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the Mozilla roots.
-fn tls_config() -> std::result::Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
-        OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let native = rustls_native_certs::load_native_certs();
-            for e in &native.errors {
-                tracing::debug!("skipping unreadable system certificate: {e}");
-            }
-            let (added, ignored) = roots.add_parsable_certificates(native.certs);
-            tracing::debug!(added, ignored, "system trust store loaded");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| format!("TLS setup: {e}"))
-        })
-        .clone()
 }
 
 #[cfg(test)]
@@ -167,10 +145,5 @@ mod tests {
             redact("wss://h/v1/data-channel/s?role=publish_subscribe&X-Amz-Signature=1"),
             "wss://h/v1/data-channel/s"
         );
-    }
-
-    #[test]
-    fn tls_config_builds() {
-        assert!(tls_config().is_ok());
     }
 }
