@@ -51,6 +51,8 @@ struct Core {
     client: ssmx_client::SessionManager,
     session_id: String,
     target: String,
+    /// The handshake turned on KMS encryption.
+    encrypted: bool,
     timeout: Option<Duration>,
     writer: SessionWriter,
     reader: Mutex<SessionReader>,
@@ -178,11 +180,13 @@ impl Session {
         let session_id = session.id().to_owned();
         let target = session.target().to_owned();
         let (writer, reader) = session.split();
+        let encrypted = writer.start_info().is_some_and(|start| start.encrypted);
         Self {
             core: Arc::new(Core {
                 client,
                 session_id,
                 target,
+                encrypted,
                 timeout,
                 writer,
                 reader: Mutex::new(reader),
@@ -194,6 +198,12 @@ impl Session {
 
 #[pymethods]
 impl Session {
+    /// Whether the session's data is encrypted end to end with a KMS data key.
+    #[getter]
+    fn encrypted(&self) -> bool {
+        self.core.encrypted
+    }
+
     /// The session id.
     #[getter]
     fn session_id(&self) -> &str {

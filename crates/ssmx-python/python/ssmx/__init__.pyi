@@ -49,6 +49,9 @@ class Session:
     @property
     def target(self) -> str:
         """The target the session runs on."""
+    @property
+    def encrypted(self) -> bool:
+        """Whether the session's data is encrypted end to end with a KMS data key."""
     async def send(self, data: Union[bytes, bytearray]) -> None:
         """Sends input (keystrokes: end a command line with b"\\r")."""
     def output(self) -> OutputStream:

@@ -19,6 +19,7 @@ import pytest
 import ssmx
 from helpers import (
     ACCESS_KEY_ID,
+    ENCRYPTED_EXEC_DOCUMENT,
     BAD_PROFILE,
     DEADLINE,
     PROFILE,
@@ -99,12 +100,24 @@ class Stack:
         return env
 
     def start(self):
+        documents = self.dir / "documents"
+        documents.mkdir()
+        (documents / f"{ENCRYPTED_EXEC_DOCUMENT}.json").write_text(json.dumps({
+            "schemaVersion": "1.0",
+            "description": "A command, encrypted end to end with a KMS data key",
+            "sessionType": "NonInteractiveCommands",
+            "inputs": {"kmsKeyId": "alias/ssmx-pytest"},
+            "parameters": {"command": {"type": "String"}},
+            "properties": {"linux": {"commands": "{{command}}", "runAsElevated": False,
+                                     "separateOutputStream": True}},
+        }))
         config = self.dir / "gateway.toml"
         config.write_text(
             f'listen = "127.0.0.1:0"\n'
             f'db = "{self.dir / "gateway.db"}"\n'
             f'region = "{REGION}"\n'
             f'recordings_dir = "{self.dir / "recordings"}"\n'
+            f'documents_dir = "{documents}"\n'
             f"\n[[credentials]]\n"
             f'access_key_id = "{ACCESS_KEY_ID}"\n'
             f'secret_access_key = "{SECRET_ACCESS_KEY}"\n'

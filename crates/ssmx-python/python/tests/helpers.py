@@ -11,6 +11,8 @@ REGION = "us-east-1"
 # Profiles written to the test's AWS config files.
 PROFILE = "ssmx-test"
 BAD_PROFILE = "ssmx-bad-credentials"
+# A custom document the test stack serves: a command whose session is KMS-encrypted.
+ENCRYPTED_EXEC_DOCUMENT = "Encrypted-Exec"
 # Upper bound for any one step of bringing the stack up (a hang guard, not a timing goal).
 STEP_DEADLINE = 60.0
 # Upper bound for one operation inside a test (a hang guard, not a timing goal).

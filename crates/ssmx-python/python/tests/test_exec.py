@@ -2,7 +2,7 @@
 
 import asyncio
 
-from helpers import DEADLINE
+from helpers import DEADLINE, ENCRYPTED_EXEC_DOCUMENT
 
 
 async def test_exit_code_and_separate_streams(manager, stack):
@@ -44,3 +44,19 @@ async def test_twenty_concurrent_commands(manager, stack):
         assert result.exit_code == i
         assert result.stdout == f"job-{i}\n".encode()
         assert result.stderr == f"err-{i}\n".encode()
+
+
+async def test_encrypted_session_when_the_document_asks(manager, stack):
+    command = {"command": "sh -c 'echo sealed-$((40+2)); exit 5'"}
+    async with await manager.start_session(
+        stack.instance_id, ENCRYPTED_EXEC_DOCUMENT, command
+    ) as session:
+        assert session.encrypted
+        output = b"".join([chunk async for chunk in session.output()])
+        assert output == b"sealed-42\n"
+        assert await asyncio.wait_for(session.wait(), DEADLINE) == 5
+    async with await manager.start_session(
+        stack.instance_id, "AWS-StartNonInteractiveCommand", {"command": "true"}
+    ) as plain:
+        assert not plain.encrypted
+        assert await asyncio.wait_for(plain.wait(), DEADLINE) == 0
