@@ -275,6 +275,8 @@ pub struct Channel {
     reorder: BTreeMap<i64, Buffered>,
     reorder_bytes: usize,
     events: VecDeque<Event>,
+    /// New stream data is taken (see [`Channel::set_receive_window`]).
+    receive_window_open: bool,
 }
 
 impl Channel {
@@ -301,6 +303,7 @@ impl Channel {
             reorder: BTreeMap::new(),
             reorder_bytes: 0,
             events: VecDeque::new(),
+            receive_window_open: true,
         }
     }
 
@@ -367,6 +370,14 @@ impl Channel {
             MessageType::StartPublication => self.resume(now),
             _ => self.events.push_back(Event::Message(msg)),
         }
+    }
+
+    /// Opens or closes the receive window. While it is closed, new stream messages are dropped
+    /// unacknowledged (the peer sends them again at its RTO); acknowledgements, duplicates and
+    /// control messages are still handled. The driver closes it while the application is behind,
+    /// so it can keep reading acks without buffering without bound.
+    pub fn set_receive_window(&mut self, open: bool) {
+        self.receive_window_open = open;
     }
 
     /// Handles the clock reaching a deadline from `poll_timeout`.
@@ -589,6 +600,8 @@ impl Channel {
             // Our ack was lost: acknowledge again, or the peer resends it forever (T10).
             tracing::trace!(seq, "duplicate stream message acknowledged again");
             self.queue_ack(&msg);
+        } else if !self.receive_window_open {
+            tracing::trace!(seq, "receive window closed: dropped unacknowledged");
         } else if seq == self.expected_seq {
             self.queue_ack(&msg);
             self.deliver(seq, msg.payload_type, msg.payload);

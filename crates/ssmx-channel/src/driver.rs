@@ -25,9 +25,10 @@
 //! # }
 //! ```
 //!
-//! The receiving side applies back-pressure: when [`EVENT_QUEUE_CAPACITY`] events wait for the
-//! `Receiver`, the task stops reading the transport, which also stops acks from being read.
-//! An application must therefore read its `Receiver` concurrently with sending.
+//! The receiving side applies back-pressure: while [`EVENT_QUEUE_CAPACITY`] events wait for the
+//! `Receiver`, new stream data is left unacknowledged (the peer sends it again at its RTO), but
+//! the transport is still read, so acks keep the sending side going: an application that sends
+//! without reading for a while does not stall its own output.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -384,11 +385,11 @@ impl Driver {
         wrote
     }
 
-    /// Handles one received frame if the `Receiver` has room; true if anything happened.
+    /// Handles one received frame; true if anything happened. New stream data is only taken
+    /// while the `Receiver` has room.
     fn read(&mut self, st: &mut State, cx: &mut Context<'_>, now: Instant) -> bool {
-        if st.events.len() >= EVENT_QUEUE_CAPACITY && st.receiver_alive {
-            return false;
-        }
+        st.channel
+            .set_receive_window(st.events.len() < EVENT_QUEUE_CAPACITY || !st.receiver_alive);
         let Some(transport) = &mut self.transport else {
             return false;
         };

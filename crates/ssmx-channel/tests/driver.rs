@@ -128,8 +128,8 @@ async fn a_full_window_holds_the_sender_back() {
             sender.flush().await
         })
     };
-    // Nobody reads the receiving end: it stops reading its transport once its event queue is
-    // full, acks stop, and the sender waits with a full window. (Paused time runs ahead only
+    // Nobody reads the receiving end: once its event queue is full it leaves new data
+    // unacknowledged, and the sender waits with a full window. (Paused time runs ahead only
     // when every task is idle.)
     tokio::time::sleep(Duration::from_secs(30)).await;
     let stuck_at = sent.load(Ordering::SeqCst);
@@ -143,6 +143,30 @@ async fn a_full_window_holds_the_sender_back() {
         .await
         .unwrap();
     sending.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_that_is_behind_reading_still_takes_acks_for_what_it_sends() {
+    let (a_side, b_side) = Transport::pair();
+    let (a_tx, a_rx) = spawn(ChannelConfig::new(Role::Agent), a_side);
+    let (b_tx, b_rx) = spawn(ChannelConfig::new(Role::Client), b_side);
+    const TO_B: u32 = 300;
+    const TO_A: u32 = 1000;
+    // B does not read for now, while A reads everything B sends.
+    let a_sending = send_numbered(a_tx, TO_B, 512);
+    let a_receiving = receive_numbered(a_rx, TO_A, 512, None);
+    // B's output flows although its event queue is full: it still reads A's acks.
+    let b_sending = send_numbered(b_tx, TO_A, 512);
+    tokio::time::timeout(Duration::from_secs(60), b_sending)
+        .await
+        .expect("the end that does not read stalled its own output")
+        .unwrap()
+        .unwrap();
+    a_receiving.await.unwrap();
+    assert!(!a_sending.is_finished(), "B took more than it could hold");
+    // When B reads again, A's resends fill the gap: everything arrives once, in order.
+    receive_numbered(b_rx, TO_B, 512, None).await.unwrap();
+    a_sending.await.unwrap().unwrap();
 }
 
 /// Forwards frames between two transports until aborted, like the service between the ends.
