@@ -58,6 +58,9 @@ pub const PAIR_BUFFER_FRAMES: usize = 64;
 /// How long [`Sender::close`] keeps writing frames already queued (acks, last data) before the
 /// transport is dropped; the official agent drains its buffer for up to 2 s before closing.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Time between WebSocket pings on a data channel: the official client's 5 minutes, which keeps
+/// idle sessions through proxies and load balancers that close silent connections.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Frames and timer expiries handled per wake-up before the task yields to others.
 const WORK_PER_WAKE: usize = 64;
 
@@ -76,17 +79,26 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Wraps a connected WebSocket whose Open…Channel text frame has already been sent.
+    /// Wraps a connected WebSocket whose Open…Channel text frame has already been sent, with a
+    /// ping every [`KEEPALIVE_INTERVAL`] as the official client sends.
     ///
     /// Frames go out as binary messages; binary and text messages come in alike (§2.4). Pongs
     /// to the peer's pings are sent by the WebSocket layer; a close message ends the stream.
-    /// No pings are sent from here.
     pub fn from_websocket<S>(ws: WebSocketStream<S>) -> Self
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::from_websocket_with_keepalive(ws, KEEPALIVE_INTERVAL)
+    }
+
+    /// [`Transport::from_websocket`] with pings every `keepalive` (e.g. shorter, for a proxy or
+    /// load balancer that drops idle connections sooner).
+    pub fn from_websocket_with_keepalive<S>(ws: WebSocketStream<S>, keepalive: Duration) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sink, stream) = ws.split();
-        let sink = sink
+        let sink = KeepaliveSink::new(sink, keepalive)
             .sink_map_err(|err| TransportError(err.to_string()))
             .with(|frame: Bytes| future::ready(Ok::<_, TransportError>(Message::Binary(frame))));
         let stream = stream.filter_map(|msg| {
@@ -117,6 +129,68 @@ impl Transport {
             stream: Box::pin(rx.map(Ok)),
         };
         (end(a_tx, b_rx), end(b_tx, a_rx))
+    }
+}
+
+/// A WebSocket sink that slips a ping in whenever `interval` has passed since the last one.
+///
+/// The driver polls its sink for readiness on every wake-up, so the ping timer registered there
+/// wakes the driver when a ping is due, idle or not; no extra task is needed.
+struct KeepaliveSink<S> {
+    inner: S,
+    interval: Duration,
+    next_ping: Pin<Box<Sleep>>,
+    /// A ping was queued and not yet flushed (the driver flushes only its own frames).
+    ping_unflushed: bool,
+}
+
+impl<S> KeepaliveSink<S> {
+    fn new(inner: S, interval: Duration) -> Self {
+        Self {
+            inner,
+            interval,
+            next_ping: Box::pin(tokio::time::sleep(interval)),
+            ping_unflushed: false,
+        }
+    }
+}
+
+impl<S> Sink<Message> for KeepaliveSink<S>
+where
+    S: Sink<Message> + Unpin,
+{
+    type Error = S::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.next_ping.as_mut().poll(cx).is_ready() {
+            futures::ready!(Pin::new(&mut self.inner).poll_ready(cx))?;
+            Pin::new(&mut self.inner).start_send(Message::Ping(Bytes::new()))?;
+            let next = Instant::now() + self.interval;
+            self.next_ping.as_mut().reset(next);
+            // Register the timer again so the next ping wakes the task too.
+            let _ = self.next_ping.as_mut().poll(cx);
+            self.ping_unflushed = true;
+            tracing::trace!("keepalive ping queued");
+        }
+        if self.ping_unflushed {
+            if let Poll::Ready(flushed) = Pin::new(&mut self.inner).poll_flush(cx) {
+                flushed?;
+                self.ping_unflushed = false;
+            }
+        }
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 

@@ -322,6 +322,25 @@ async fn websocket_pair() -> (
 }
 
 #[tokio::test]
+async fn an_idle_data_channel_sends_keepalive_pings() {
+    let (client_ws, mut server_ws) = websocket_pair().await;
+    let interval = Duration::from_millis(100);
+    let (_client, _client_rx) = spawn(
+        ChannelConfig::new(Role::Client),
+        Transport::from_websocket_with_keepalive(client_ws, interval),
+    );
+    // Nothing is sent on the channel, yet pings keep arriving.
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), server_ws.next())
+            .await
+            .expect("no keepalive ping")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(msg, Message::Ping(_)), "unexpected {msg:?}");
+    }
+}
+
+#[tokio::test]
 async fn transfer_over_a_real_websocket() {
     let (client_ws, server_ws) = websocket_pair().await;
     let (client, client_rx) = spawn(
