@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Idle sessions held open on the gateway [default: 500; quick: 10].
     #[arg(long, value_name = "N")]
     pub idle_sessions: Option<usize>,
+    /// Encrypt every session with this KMS key (e.g. `alias/bench`), through the session
+    /// preferences of the bench gateway, whose key service creates it.
+    #[arg(long, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
     /// Tiny sizes: every measurement once, in seconds, for a smoke test.
     #[arg(long)]
     pub quick: bool,
@@ -128,7 +132,14 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
         .tempdir()
         .context("cannot create a scratch directory")?;
 
-    let mut work = Box::pin(bench(&ssmx, &plugin_path, scratch.path(), region, sizes));
+    let mut work = Box::pin(bench(
+        &ssmx,
+        &plugin_path,
+        scratch.path(),
+        region,
+        args.kms_key_id.as_deref(),
+        sizes,
+    ));
     let finished = tokio::select! {
         r = &mut work => Ok(r),
         signal = interrupted() => Err(signal),
@@ -217,13 +228,14 @@ async fn bench(
     plugin_path: &Path,
     scratch: &Path,
     region: &str,
+    kms_key_id: Option<&str>,
     sizes: Sizes,
 ) -> anyhow::Result<Report> {
     let cancel = Cancel::default();
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let plugin = Plugin::probe(plugin_path).await?;
     progress("starting a gateway and an agent on 127.0.0.1");
-    let mut stack = Stack::start(ssmx, scratch, region).await?;
+    let mut stack = Stack::start(ssmx, scratch, region, kms_key_id).await?;
     let ctx = Ctx {
         api: stack.api.clone(),
         target: stack.instance_id.clone(),
@@ -240,6 +252,7 @@ async fn bench(
             version: ctx.plugin.version.clone(),
         },
         agent_version: stack.agent_version.clone(),
+        kms_key_id: kms_key_id.map(str::to_owned),
         port_forwarding: None,
         interactive_latency: None,
         session_setup: None,

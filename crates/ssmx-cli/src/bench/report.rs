@@ -31,6 +31,8 @@ pub struct Report {
     pub plugin: PluginInfo,
     /// The agent version the gateway reported.
     pub agent_version: Option<String>,
+    /// The KMS key every session was encrypted with, if any.
+    pub kms_key_id: Option<String>,
     /// Port forwarding; `None` when skipped.
     pub port_forwarding: Option<ThroughputReport>,
     /// Keystroke → echo; `None` when skipped.
@@ -319,6 +321,9 @@ impl Report {
             self.plugin.version,
             self.agent_version.as_deref().unwrap_or("unknown")
         );
+        if let Some(key) = &self.kms_key_id {
+            let _ = writeln!(out, "every session encrypted with KMS key {key}\n");
+        }
         let mut lines: Vec<[String; 4]> = vec![[
             "measurement".into(),
             "measured".into(),

@@ -277,8 +277,27 @@ pub struct Stack {
 impl Stack {
     /// Starts the gateway on 127.0.0.1:0 with a fresh database and key under `dir`, creates an
     /// activation, registers an agent with it, starts the agent and waits until it is online.
-    pub async fn start(ssmx: &Path, dir: &Path, region: &str) -> anyhow::Result<Stack> {
+    /// With `kms_key_id`, the session preferences encrypt every session with that key.
+    pub async fn start(
+        ssmx: &Path,
+        dir: &Path,
+        region: &str,
+        kms_key_id: Option<&str>,
+    ) -> anyhow::Result<Stack> {
         let key = ApiKey::generate();
+        let documents = dir.join("documents");
+        std::fs::create_dir_all(&documents)
+            .with_context(|| format!("cannot create {}", documents.display()))?;
+        if let Some(kms_key_id) = kms_key_id {
+            let preferences = serde_json::json!({
+                "schemaVersion": "1.0",
+                "sessionType": "Standard_Stream",
+                "inputs": {"kmsKeyId": kms_key_id},
+            });
+            let path = documents.join("SSM-SessionManagerRunShell.json");
+            std::fs::write(&path, preferences.to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         let config = dir.join("gateway.toml");
         std::fs::write(&config, gateway_config(dir, region, &key))
             .with_context(|| format!("cannot write {}", config.display()))?;
@@ -417,11 +436,12 @@ fn aws_env(dir: &Path, api: &Api) -> anyhow::Result<Vec<(String, String)>> {
 fn gateway_config(dir: &Path, region: &str, key: &ApiKey) -> String {
     let path = |name: &str| toml_string(&dir.join(name).display().to_string());
     format!(
-        "listen = \"127.0.0.1:0\"\ndb = {}\nregion = {}\nrecordings_dir = {}\n\n\
+        "listen = \"127.0.0.1:0\"\ndb = {}\nregion = {}\nrecordings_dir = {}\ndocuments_dir = {}\n\n\
          [[credentials]]\naccess_key_id = {}\nsecret_access_key = {}\nuser = {}\n",
         path("gateway.db"),
         toml_string(region),
         path("recordings"),
+        path("documents"),
         toml_string(&key.access_key_id),
         toml_string(&key.secret_access_key),
         toml_string(USER),
