@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
@@ -220,12 +219,7 @@ impl Mgs {
         // Nagle's algorithm would hold small frames (keystrokes, echoes, acknowledgements) back
         // for the peer's delayed ACK: tens of milliseconds per hop.
         let disable_nagle = true;
-        let connector = match url.scheme() {
-            "wss" | "https" => {
-                Connector::Rustls(ssmx_channel::tls::client_config().map_err(ws_error)?)
-            }
-            _ => Connector::Plain,
-        };
+        let connector = ssmx_channel::tls::connector(url.scheme()).map_err(ws_error)?;
         let (mut socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
             request,
             None,

@@ -4,6 +4,16 @@
 
 use std::sync::{Arc, OnceLock};
 
+use tokio_tungstenite::Connector;
+
+/// How to dial a URL of `scheme`: TLS with [`client_config`] for `wss`/`https`, else plain.
+pub fn connector(scheme: &str) -> Result<Connector, String> {
+    match scheme {
+        "wss" | "https" => client_config().map(Connector::Rustls),
+        _ => Ok(Connector::Plain),
+    }
+}
+
 /// The shared client configuration, or why it could not be built.
 pub fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
@@ -28,8 +38,12 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
 
 #[cfg(test)]
 mod tests {
+    use tokio_tungstenite::Connector;
+
     #[test]
     fn the_configuration_builds() {
         assert!(super::client_config().is_ok());
+        assert!(matches!(super::connector("wss"), Ok(Connector::Rustls(_))));
+        assert!(matches!(super::connector("ws"), Ok(Connector::Plain)));
     }
 }

@@ -45,22 +45,17 @@ fn aws(stack: &Stack) -> Command {
     cmd
 }
 
-#[test]
-fn aws_cli_runs_a_command_session_through_our_plugin() {
-    let stack = Stack::start();
-    let out = aws(&stack)
+/// `aws ssm start-session` with AWS-StartNonInteractiveCommand running `command`; its stdout.
+fn command_session(stack: &Stack, command: &str) -> String {
+    let parameters = serde_json::json!({ "command": [command] });
+    let out = aws(stack)
         .args(["ssm", "start-session", "--target", &stack.instance_id])
-        .args([
-            "--document-name",
-            "AWS-StartNonInteractiveCommand",
-            "--parameters",
-        ])
-        // Non-interactive commands run without a shell (split into argv, as the official agent).
-        .arg(r#"{"command":["sh -c 'echo from-aws-cli-$((20+1))'"]}"#)
+        .args(["--document-name", "AWS-StartNonInteractiveCommand"])
+        .args(["--parameters", &parameters.to_string()])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "aws-cli failed: {}\n{}\n{}",
@@ -68,6 +63,14 @@ fn aws_cli_runs_a_command_session_through_our_plugin() {
         stdout,
         stack.logs()
     );
+    stdout
+}
+
+#[test]
+fn aws_cli_runs_a_command_session_through_our_plugin() {
+    let stack = Stack::start();
+    // Non-interactive commands run without a shell (split into argv, as the official agent).
+    let stdout = command_session(&stack, "sh -c 'echo from-aws-cli-$((20+1))'");
     assert!(
         stdout.contains("Starting session with SessionId"),
         "{stdout}"
@@ -85,25 +88,7 @@ fn aws_cli_runs_an_encrypted_session_through_our_plugin() {
         "inputs": {"kmsKeyId": "alias/ssmx-awscli"}
     });
     let stack = Stack::start_with(&[("SSM-SessionManagerRunShell", preferences)], "");
-    let out = aws(&stack)
-        .args(["ssm", "start-session", "--target", &stack.instance_id])
-        .args([
-            "--document-name",
-            "AWS-StartNonInteractiveCommand",
-            "--parameters",
-        ])
-        .arg(r#"{"command":["sh -c 'echo sealed-by-aws-cli-$((40+2))'"]}"#)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "aws-cli failed: {}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stdout,
-        stack.logs()
-    );
+    let stdout = command_session(&stack, "sh -c 'echo sealed-by-aws-cli-$((40+2))'");
     assert!(
         stdout.contains("This session is encrypted using AWS KMS."),
         "{stdout}"

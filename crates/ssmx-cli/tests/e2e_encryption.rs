@@ -91,19 +91,13 @@ fn recordings(stack: &Stack) -> Vec<String> {
 fn encrypted_exec_keeps_streams_exit_code_and_large_output() {
     let stack = Stack::start_with(&[encrypted_exec_document()], "");
     let out = exec(&stack, "echo to-stdout; echo to-stderr >&2; exit 3");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stderr: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
+    stack.assert_exit(&out, 3);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr\n"));
 
     // Far more than one message: every sealed piece must fit a message of its own.
     let out = exec(&stack, "seq 1 300000");
-    assert_eq!(out.status.code(), Some(0), "{}", stack.logs());
+    stack.assert_exit(&out, 0);
     let expected: String = (1..=300_000).map(|i| format!("{i}\n")).collect();
     assert!(
         out.stdout == expected.as_bytes(),
@@ -113,13 +107,7 @@ fn encrypted_exec_keeps_streams_exit_code_and_large_output() {
     );
 
     // The agent agreed on encryption, and the relay, seeing only ciphertext, recorded nothing.
-    assert!(
-        std::fs::read_to_string(stack.path("agent.log"))
-            .unwrap()
-            .contains("encrypted=true"),
-        "{}",
-        stack.logs()
-    );
+    stack.assert_agent_encrypted();
     assert!(recordings(&stack).is_empty(), "{:?}", recordings(&stack));
 }
 
@@ -172,13 +160,7 @@ fn encrypted_port_forwarding_moves_bytes_intact() {
     let data = common::pattern(4 * 1024 * 1024 + 17, 9);
     let back = echo_roundtrip(&mut conn, &data);
     assert!(back == data, "forwarded bytes corrupted\n{}", stack.logs());
-    assert!(
-        std::fs::read_to_string(stack.path("agent.log"))
-            .unwrap()
-            .contains("encrypted=true"),
-        "{}",
-        stack.logs()
-    );
+    stack.assert_agent_encrypted();
 }
 
 #[test]

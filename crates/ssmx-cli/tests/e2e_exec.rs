@@ -19,13 +19,7 @@ fn exec_keeps_streams_apart_and_returns_the_exit_code() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stderr: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
+    stack.assert_exit(&out, 3);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr\n"));
 

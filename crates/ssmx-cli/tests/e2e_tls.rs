@@ -57,19 +57,7 @@ fn agent_and_client_work_with_a_gateway_certified_by_a_private_ca() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
+    stack.assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over-tls-42\n");
-    assert!(
-        std::fs::read_to_string(stack.path("agent.log"))
-            .unwrap()
-            .contains("encrypted=true"),
-        "{}",
-        stack.logs()
-    );
+    stack.assert_agent_encrypted();
 }

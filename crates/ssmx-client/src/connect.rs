@@ -11,7 +11,6 @@ use ssmx_protocol::payload::{to_json, OpenDataChannelInput, MESSAGE_SCHEMA_VERSI
 use ssmx_protocol::version::CLIENT_VERSION;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 use url::Url;
 use uuid::Uuid;
 
@@ -73,12 +72,7 @@ impl Dialer {
             }
             .map_err(|e| fail(e.to_string()))?;
             tcp.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
-            let connector = match url.scheme() {
-                "wss" | "https" => {
-                    Connector::Rustls(ssmx_channel::tls::client_config().map_err(fail)?)
-                }
-                _ => Connector::Plain,
-            };
+            let connector = ssmx_channel::tls::connector(url.scheme()).map_err(fail)?;
             let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
                 stream_url,
                 tcp,

@@ -449,6 +449,7 @@ mod tests {
                 version: "1".into(),
             },
             agent_version: None,
+            kms_key_id: Some("alias/bench".into()),
             port_forwarding: Some(ThroughputReport {
                 bytes_each_way: 1 << 20,
                 upload_mb_per_s: 150.0,
@@ -484,5 +485,6 @@ mod tests {
             table.contains("150.0 MB/s") && table.contains("MISSED"),
             "{table}"
         );
+        assert!(table.contains("encrypted with KMS key alias/bench"), "{table}");
     }
 }

@@ -266,6 +266,28 @@ impl Stack {
             .env_remove("AWS_SESSION_TOKEN");
     }
 
+    /// Fails unless `out` (of a client run against this stack) exited with `code`, showing its
+    /// stderr and the stack's logs.
+    pub fn assert_exit(&self, out: &Output, code: i32) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "stderr: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
+    /// Fails unless the agent has run an encrypted session.
+    pub fn assert_agent_encrypted(&self) {
+        let log = std::fs::read_to_string(self.path("agent.log")).unwrap_or_default();
+        assert!(
+            log.contains("encrypted=true"),
+            "no encrypted session in the agent's log\n{}",
+            self.logs()
+        );
+    }
+
     /// A file under the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
