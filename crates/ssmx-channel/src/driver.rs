@@ -26,9 +26,10 @@
 //! ```
 //!
 //! The receiving side applies back-pressure: while [`EVENT_QUEUE_CAPACITY`] events wait for the
-//! `Receiver`, new stream data is left unacknowledged (the peer sends it again at its RTO), but
-//! the transport is still read, so acks keep the sending side going: an application that sends
-//! without reading for a while does not stall its own output.
+//! `Receiver`, the transport is not read. If acks for our own stream messages are awaited
+//! meanwhile, frames are still read for them, and new stream data is left unacknowledged (the
+//! peer sends it again at its RTO): an application that sends without reading for a while does
+//! not stall its own output.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -459,11 +460,16 @@ impl Driver {
         wrote
     }
 
-    /// Handles one received frame; true if anything happened. New stream data is only taken
-    /// while the `Receiver` has room.
+    /// Handles one received frame; true if anything happened. While the `Receiver` is behind,
+    /// the transport is left unread (back-pressure through the connection) unless acks for our
+    /// own stream messages are awaited: then frames are read, acks taken and new stream data
+    /// left unacknowledged for the peer to resend.
     fn read(&mut self, st: &mut State, cx: &mut Context<'_>, now: Instant) -> bool {
-        st.channel
-            .set_receive_window(st.events.len() < EVENT_QUEUE_CAPACITY || !st.receiver_alive);
+        let behind = st.events.len() >= EVENT_QUEUE_CAPACITY && st.receiver_alive;
+        if behind && st.channel.unacked() == 0 {
+            return false;
+        }
+        st.channel.set_receive_window(!behind);
         let Some(transport) = &mut self.transport else {
             return false;
         };
