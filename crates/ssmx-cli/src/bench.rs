@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Keep the scratch directory (configuration, database, logs) and print where it is.
     #[arg(long)]
     pub keep: bool,
+    /// Run the gateway with session recording off (on by default, as in production), to see
+    /// what recording costs.
+    #[arg(long)]
+    pub no_recording: bool,
 }
 
 /// How much of each measurement to do.
@@ -138,6 +142,7 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
         scratch.path(),
         region,
         args.kms_key_id.as_deref(),
+        !args.no_recording,
         sizes,
     ));
     let finished = tokio::select! {
@@ -229,13 +234,14 @@ async fn bench(
     scratch: &Path,
     region: &str,
     kms_key_id: Option<&str>,
+    recording: bool,
     sizes: Sizes,
 ) -> anyhow::Result<Report> {
     let cancel = Cancel::default();
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let plugin = Plugin::probe(plugin_path).await?;
     progress("starting a gateway and an agent on 127.0.0.1");
-    let mut stack = Stack::start(ssmx, scratch, region, kms_key_id).await?;
+    let mut stack = Stack::start(ssmx, scratch, region, kms_key_id, recording).await?;
     let ctx = Ctx {
         api: stack.api.clone(),
         target: stack.instance_id.clone(),
@@ -253,6 +259,7 @@ async fn bench(
         },
         agent_version: stack.agent_version.clone(),
         kms_key_id: kms_key_id.map(str::to_owned),
+        recording,
         port_forwarding: None,
         interactive_latency: None,
         session_setup: None,

@@ -3,7 +3,12 @@
 //! throughput and as process CPU time per GB relayed (the bench's own agent and client ends are
 //! in the same process and cost the same in every mode, so differences are the recording's).
 //!
-//! `cargo bench -p ssmx-gateway --bench relay` (SSMX_BENCH_MB sets the volume per run, default 200).
+//! The modes run interleaved, one run of each per round, so a change in machine load hits every
+//! mode alike; each recording mode is compared with the mode without recording of the same round.
+//!
+//! `cargo bench -p ssmx-gateway --bench relay` (SSMX_BENCH_MB sets the volume per run, default
+//! 200; SSMX_BENCH_ROUNDS the number of rounds, default 5; SSMX_BENCH_MODES=shell or =port runs
+//! only the modes whose label contains that word).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,7 +22,17 @@ use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
 use tokio_tungstenite::tungstenite::Message;
 
 const PAYLOAD: usize = 16 * 1024;
-const RUNS: usize = 3;
+const SHELL: &str = "SSM-SessionManagerRunShell";
+const PORT: &str = "AWS-StartSSHSession";
+
+/// One configuration: label, recording on, document, and for a recording mode the index of the
+/// mode without recording it is compared with.
+const MODES: [(&str, bool, &str, Option<usize>); 4] = [
+    ("shell, no recording", false, SHELL, None),
+    ("shell, asciicast recording", true, SHELL, Some(0)),
+    ("port, no recording", false, PORT, None),
+    ("port, byte-log recording", true, PORT, Some(2)),
+];
 
 /// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn cpu_seconds() -> f64 {
@@ -34,6 +49,8 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Relays `total_mb` agent → client in one session; returns (MB/s, CPU-s per GB). The CPU time
+/// includes completing the recording (its last write and fsync) at the session's end.
 async fn run_once(recording: bool, document: &str, total_mb: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, cred) = start_gateway("bench", recording.then(|| dir.path())).await;
@@ -80,35 +97,79 @@ async fn run_once(recording: bool, document: &str, total_mb: usize) -> (f64, f64
     reader.await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     gateway.shutdown().await;
-    let bytes = (frames * (PAYLOAD + 120)) as f64;
     let cpu = cpu_seconds() - cpu_before;
+    let bytes = (frames * (PAYLOAD + 120)) as f64;
     (bytes / secs / 1e6, cpu / (bytes / 1e9))
 }
 
-fn main() {
-    let total_mb: usize = std::env::var("SSMX_BENCH_MB")
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(default)
+}
+
+/// Median, minimum and maximum.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+fn main() {
+    let total_mb = env_usize("SSMX_BENCH_MB", 200);
+    let rounds = env_usize("SSMX_BENCH_ROUNDS", 5).max(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!(
-        "relay agent -> client, {PAYLOAD}-byte payloads, {total_mb} MB per run, best of {RUNS}"
+        "relay agent -> client, {PAYLOAD}-byte payloads, {total_mb} MB per run, {rounds} rounds \
+         (median [min-max])"
     );
-    for (label, recording, document) in [
-        ("no recording (shell)", false, "SSM-SessionManagerRunShell"),
-        (
-            "asciicast recording (shell)",
-            true,
-            "SSM-SessionManagerRunShell",
-        ),
-        ("no recording (port)", false, "AWS-StartSSHSession"),
-        ("byte-log recording (port)", true, "AWS-StartSSHSession"),
-    ] {
-        let runs: Vec<(f64, f64)> = (0..RUNS)
-            .map(|_| rt.block_on(run_once(recording, document, total_mb)))
-            .collect();
-        let best = runs.iter().map(|r| r.0).fold(0.0f64, f64::max);
-        let cpu = runs.iter().map(|r| r.1).fold(f64::MAX, f64::min);
-        println!("{label:32} {best:8.1} MB/s  {cpu:6.2} CPU-s/GB (incl. fsync at session end)");
+    let only = std::env::var("SSMX_BENCH_MODES").unwrap_or_default();
+    let selected = |label: &str| label.contains(only.as_str());
+    // results[mode][round] = (MB/s, CPU-s/GB)
+    let mut results = vec![Vec::new(); MODES.len()];
+    for _ in 0..rounds {
+        for (i, (label, recording, document, _)) in MODES.iter().enumerate() {
+            if selected(label) {
+                results[i].push(rt.block_on(run_once(*recording, document, total_mb)));
+            }
+        }
+    }
+    for (i, (label, _, _, baseline)) in MODES.iter().enumerate() {
+        if !selected(label) {
+            continue;
+        }
+        let rate: Vec<f64> = results[i].iter().map(|r| r.0).collect();
+        let cpu: Vec<f64> = results[i].iter().map(|r| r.1).collect();
+        let (rate_med, rate_min, rate_max) = spread(&rate);
+        let (cpu_med, cpu_min, cpu_max) = spread(&cpu);
+        print!(
+            "{label:28} {rate_med:7.0} MB/s [{rate_min:.0}-{rate_max:.0}]  \
+             {cpu_med:5.2} CPU-s/GB [{cpu_min:.2}-{cpu_max:.2}]"
+        );
+        if let Some(base) = baseline {
+            let slower: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[*base])
+                .map(|(rec, off)| 100.0 * (1.0 - rec.0 / off.0))
+                .collect();
+            let extra_cpu: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[*base])
+                .map(|(rec, off)| rec.1 - off.1)
+                .collect();
+            let (s_med, s_min, s_max) = spread(&slower);
+            let (c_med, c_min, c_max) = spread(&extra_cpu);
+            print!(
+                "  vs off: {s_med:+.0} % slower [{s_min:+.0} to {s_max:+.0}], \
+                 {c_med:+.2} CPU-s/GB [{c_min:+.2} to {c_max:+.2}]"
+            );
+        }
+        println!();
     }
 }

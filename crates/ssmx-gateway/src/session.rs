@@ -2,14 +2,16 @@
 //! and the supervisor task that owns the session's lifecycle (start, pause/resume, timeouts,
 //! termination) — PROTOCOL.md §1.1, §5.7, §12.3.
 //!
-//! Frames flow socket → reader task → the other side's outlet, one direction per task, so a slow
-//! reader on one side never stalls the other direction. An outlet whose socket is absent queues
-//! frames up to [`MAX_PENDING_BYTES`]; beyond that the sending side's reader waits (back-pressure,
-//! nothing dropped) until the socket returns or the session ends.
+//! Frames flow socket → reader task → the other side's queue → that side's writer task → socket,
+//! so a slow reader on one side never stalls the other direction, and a writer sends whatever
+//! has queued up with one flush. A queue holds up to [`MAX_PENDING_BYTES`] (while its socket is
+//! absent, too); beyond that the sending side's reader waits (back-pressure, nothing dropped)
+//! until the frames are written, the socket returns or the session ends. When the session ends,
+//! what is queued for an end is written before its `channel_closed`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -19,7 +21,8 @@ use futures::SinkExt as _;
 use ssmx_protocol::document::SessionInputs;
 use ssmx_protocol::payload::{session_state, task_status, AgentSessionState, ChannelClosed};
 use ssmx_protocol::{AgentMessage, DecodeOptions, MessageType, PayloadType};
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
@@ -28,9 +31,17 @@ use crate::recording::Recorder;
 use crate::store::status;
 use crate::tokens::TOKEN_TTL;
 
-/// Bytes queued for an end whose socket is absent. Covers the agent's early frames (T13) and
-/// what is in flight when a client drops; past it the producing side is held back.
+/// Bytes queued for an end, written or waiting for its socket. Covers the agent's early frames
+/// (T13) and what is in flight when a client drops; past it the producing side is held back.
 pub const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes a writer takes from its queue for one flush of the socket.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Frames' worth of queue (and writer batch) capacity kept once a backlog is written; more is
+/// given back, so a session that has gone idle holds little memory.
+const KEEP_CAPACITY: usize = 64;
+/// When the session ends, time for the frames queued for an end, then its `channel_closed` and
+/// close frame, to be written; past it the socket is dropped.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that does not complete in this time marks the socket dead (the peer stopped reading).
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time given to a socket being replaced or dropped to take its close frame.
@@ -43,7 +54,8 @@ const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(30);
 /// Once the agent has reported the end (`Terminating`, or `agent_task_complete` while its data
 /// socket is still open), time for it to close that socket — frames it sent before are relayed
-/// first — before the gateway closes it.
+/// first — before the gateway closes it. Counted from the report, or from the last frame passed
+/// on from the agent while those keep coming (a backlog queued behind a slow client).
 const TERMINATING_GRACE: Duration = Duration::from_millis(2500);
 /// Time TerminateSession waits for the session to be closed before answering.
 pub const TERMINATE_WAIT: Duration = Duration::from_secs(5);
@@ -91,25 +103,199 @@ pub(crate) enum Event {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-struct Attached {
+/// The task writing one attached socket.
+struct SocketWriter {
     conn_id: u64,
-    sink: Sink,
+    /// Cancelled to take the socket back (replaced or detached); the task returns it.
+    stop: CancellationToken,
+    task: JoinHandle<Option<Sink>>,
 }
 
 #[derive(Default)]
 struct Outlet {
-    sink: Option<Attached>,
-    pending: VecDeque<Message>,
-    pending_bytes: usize,
+    writer: Option<SocketWriter>,
+    /// Frames not yet written, oldest first. Only the current writer removes frames (those it
+    /// has written), so a socket that fails or is replaced leaves the rest for the next one.
+    queue: VecDeque<Message>,
+    queued_bytes: usize,
+    /// The session has ended: nothing more is queued.
     closed: bool,
 }
 
-/// One direction's destination: the socket of that end, or a queue while it is absent.
+/// One direction's destination: the socket of that end and the queue in front of it.
 #[derive(Default)]
 struct Side {
     outlet: Mutex<Outlet>,
-    /// Signalled when queue space may have appeared (socket attached, session ended).
+    /// Signalled when queue space may have appeared (frames written, session ended).
     space: Notify,
+    /// Signalled when frames were queued (wakes the writer).
+    ready: Notify,
+}
+
+impl Side {
+    fn lock(&self) -> MutexGuard<'_, Outlet> {
+        self.outlet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the writer of connection `conn_id` off this side (if it is still the attached one)
+    /// and closes its socket; what it had not written stays queued.
+    async fn detach(&self, conn_id: u64) {
+        let writer = {
+            let mut outlet = self.lock();
+            match &outlet.writer {
+                Some(w) if w.conn_id == conn_id => outlet.writer.take(),
+                _ => None,
+            }
+        };
+        if let Some(writer) = writer {
+            stop_writer(writer).await;
+        }
+    }
+
+    /// Stops queueing (frames relayed from now on are dropped: the session is over). Without a
+    /// socket the queue is discarded; with one it is kept for [`Side::close`].
+    fn seal(&self) {
+        let mut outlet = self.lock();
+        outlet.closed = true;
+        if outlet.writer.is_none() {
+            outlet.queue.clear();
+            outlet.queued_bytes = 0;
+        }
+        drop(outlet);
+        self.space.notify_waiters();
+    }
+
+    /// Writes what is queued, then `last` and a close frame, and closes the socket — all within
+    /// [`CLOSE_FLUSH_TIMEOUT`].
+    async fn close(&self, last: Bytes) {
+        let writer = {
+            let mut outlet = self.lock();
+            outlet.closed = true;
+            let writer = outlet.writer.take();
+            if writer.is_some() {
+                outlet.queue.push_back(Message::Binary(last));
+                outlet.queue.push_back(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "".into(),
+                })));
+            } else {
+                outlet.queue.clear();
+                outlet.queued_bytes = 0;
+            }
+            writer
+        };
+        self.space.notify_waiters();
+        let Some(mut writer) = writer else { return };
+        self.ready.notify_one();
+        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer.task).await {
+            Ok(Ok(Some(mut sink))) => {
+                // The socket failed before the close frame: nothing more can be written.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let left = self.lock().queue.len();
+                warn!(
+                    conn_id = writer.conn_id,
+                    frames = left,
+                    "socket did not take its last frames in time; dropped"
+                );
+                writer.task.abort();
+            }
+        }
+    }
+}
+
+/// Stops a writer and closes its socket.
+async fn stop_writer(mut writer: SocketWriter) {
+    writer.stop.cancel();
+    match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.task).await {
+        Ok(Ok(Some(mut sink))) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+        Ok(_) => {}
+        Err(_) => writer.task.abort(),
+    }
+}
+
+/// Writes `role`'s queue to its socket until stopped (returns the socket), the socket fails
+/// (reports it detached) or the close frame queued at the session's end is written.
+async fn write_queue(
+    session: Arc<Session>,
+    role: Role,
+    conn_id: u64,
+    mut sink: Sink,
+    stop: CancellationToken,
+) -> Option<Sink> {
+    let side = session.side(role);
+    let mut batch: Vec<Message> = Vec::new();
+    loop {
+        let mut bytes = 0;
+        {
+            let outlet = side.lock();
+            for msg in &outlet.queue {
+                if bytes >= WRITE_BATCH {
+                    break;
+                }
+                bytes += message_len(msg);
+                batch.push(msg.clone());
+            }
+        }
+        if batch.is_empty() {
+            if batch.capacity() > KEEP_CAPACITY {
+                batch = Vec::new();
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Some(sink),
+                _ = side.ready.notified() => continue,
+            }
+        }
+        let count = batch.len();
+        let closing = matches!(batch.last(), Some(Message::Close(_)));
+        let write = async {
+            for msg in batch.drain(..) {
+                sink.feed(msg).await?;
+            }
+            sink.flush().await
+        };
+        let result = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Some(sink),
+            result = tokio::time::timeout(WRITE_TIMEOUT, write) => result,
+        };
+        batch.clear();
+        match result {
+            Ok(Ok(())) => {
+                {
+                    let mut outlet = side.lock();
+                    let written = count.min(outlet.queue.len());
+                    outlet.queue.drain(..written);
+                    outlet.queued_bytes = outlet.queued_bytes.saturating_sub(bytes);
+                    if outlet.queue.is_empty() && outlet.queue.capacity() > KEEP_CAPACITY {
+                        outlet.queue = VecDeque::new();
+                    }
+                }
+                side.space.notify_waiters();
+                if closing {
+                    let _ = sink.close().await;
+                    return None;
+                }
+            }
+            result => {
+                if !closing {
+                    warn!(
+                        role = role.as_str(),
+                        conn_id,
+                        timed_out = result.is_err(),
+                        "write failed; socket detached"
+                    );
+                    session.send_event(Event::Detached(role, conn_id));
+                }
+                return None;
+            }
+        }
+    }
 }
 
 /// Why a session ended.
@@ -162,7 +348,9 @@ pub(crate) struct Session {
     created: Instant,
     /// Milliseconds after `created` of the last stream message in either direction.
     last_activity_ms: AtomicU64,
-    recorder: Mutex<Option<Recorder>>,
+    /// Milliseconds after `created` when a frame from the agent was last passed on.
+    last_from_agent_ms: AtomicU64,
+    recorder: Option<Recorder>,
 }
 
 /// What StartSession hands to [`Session::spawn`].
@@ -195,7 +383,8 @@ impl Session {
             ended: AtomicBool::new(false),
             created: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
-            recorder: Mutex::new(new.recorder),
+            last_from_agent_ms: AtomicU64::new(0),
+            recorder: new.recorder,
         });
         hub.add_session(session.clone());
         let supervisor = Supervisor {
@@ -234,96 +423,93 @@ impl Session {
         }
     }
 
-    fn touch(&self) {
-        let ms = self.created.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    fn since_created(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64
     }
 
-    /// Attaches a socket as `role`, flushing what was queued for that end. Returns false when
-    /// the session has ended (the socket is closed).
-    pub async fn attach(&self, role: Role, conn_id: u64, mut sink: Sink) -> bool {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.since_created(), Ordering::Relaxed);
+    }
+
+    /// Attaches a socket as `role` (replacing one already there); its writer starts with what
+    /// was queued for that end. Returns false when the session has ended (the socket is closed).
+    pub async fn attach(self: &Arc<Self>, role: Role, conn_id: u64, mut sink: Sink) -> bool {
         let side = self.side(role);
-        let mut outlet = side.outlet.lock().await;
-        if outlet.closed {
-            drop(outlet);
-            let _ = sink.close().await;
-            return false;
-        }
-        if let Some(mut old) = outlet.sink.take() {
-            debug!(role = role.as_str(), old = old.conn_id, "replacing socket");
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.sink.close()).await;
-        }
-        let mut flushed = true;
-        while let Some(msg) = outlet.pending.pop_front() {
-            if sink.feed(msg.clone()).await.is_err() {
-                outlet.pending.push_front(msg);
-                flushed = false;
-                break;
+        loop {
+            let replaced = {
+                let mut outlet = side.lock();
+                if outlet.closed {
+                    None
+                } else if let Some(old) = outlet.writer.take() {
+                    Some(old)
+                } else {
+                    let stop = CancellationToken::new();
+                    let task =
+                        tokio::spawn(write_queue(self.clone(), role, conn_id, sink, stop.clone()));
+                    outlet.writer = Some(SocketWriter {
+                        conn_id,
+                        stop,
+                        task,
+                    });
+                    // Sent before the writer can report a failure of this socket.
+                    self.send_event(Event::Attached(role, conn_id));
+                    drop(outlet);
+                    side.ready.notify_one();
+                    return true;
+                }
+            };
+            match replaced {
+                Some(old) => {
+                    debug!(role = role.as_str(), old = old.conn_id, "replacing socket");
+                    stop_writer(old).await;
+                }
+                None => {
+                    let _ = sink.close().await;
+                    return false;
+                }
             }
         }
-        if flushed {
-            flushed = sink.flush().await.is_ok();
-        }
-        outlet.pending_bytes = outlet.pending.iter().map(message_len).sum();
-        if flushed {
-            outlet.sink = Some(Attached { conn_id, sink });
-        }
-        drop(outlet);
-        side.space.notify_waiters();
-        self.send_event(Event::Attached(role, conn_id));
-        if !flushed {
-            self.send_event(Event::Detached(role, conn_id));
-        }
-        true
     }
 
-    /// Delivers `msg` to `role`'s socket, or queues it while that socket is absent.
+    /// Queues `msg` for `role`'s socket; waits while the queue is full.
     async fn deliver(&self, role: Role, msg: Message) {
         let side = self.side(role);
         let len = message_len(&msg);
         loop {
-            let mut outlet = side.outlet.lock().await;
-            if outlet.closed {
-                return;
-            }
-            if let Some(attached) = outlet.sink.as_mut() {
-                match tokio::time::timeout(WRITE_TIMEOUT, attached.sink.send(msg.clone())).await {
-                    Ok(Ok(())) => return,
-                    result => {
-                        let conn_id = attached.conn_id;
-                        warn!(
-                            role = role.as_str(),
-                            conn_id,
-                            timed_out = result.is_err(),
-                            "write failed; socket detached"
-                        );
-                        outlet.sink = None;
-                        self.send_event(Event::Detached(role, conn_id));
-                    }
+            let space = side.space.notified();
+            tokio::pin!(space);
+            {
+                let mut outlet = side.lock();
+                if outlet.closed {
+                    return;
                 }
+                if outlet.queue.is_empty() || outlet.queued_bytes + len <= MAX_PENDING_BYTES {
+                    outlet.queued_bytes += len;
+                    outlet.queue.push_back(msg);
+                    drop(outlet);
+                    side.ready.notify_one();
+                    return;
+                }
+                space.as_mut().enable();
             }
-            if outlet.pending.is_empty() || outlet.pending_bytes + len <= MAX_PENDING_BYTES {
-                outlet.pending_bytes += len;
-                outlet.pending.push_back(msg);
-                return;
-            }
-            let notified = side.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            drop(outlet);
             tokio::select! {
-                _ = notified => {}
+                _ = space => {}
                 _ = self.cancel.cancelled() => return,
             }
         }
     }
 
-    /// Sends a service-originated frame to `role` if its socket is there (never queued).
-    async fn notify_side(&self, role: Role, frame: Bytes) {
-        let mut outlet = self.side(role).outlet.lock().await;
-        if let Some(attached) = outlet.sink.as_mut() {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, attached.sink.send(Message::Binary(frame)))
-                .await;
+    /// Queues a service-originated frame for `role` if its socket is there (never kept for an
+    /// absent socket).
+    fn notify_side(&self, role: Role, frame: Bytes) {
+        let side = self.side(role);
+        let mut outlet = side.lock();
+        if outlet.writer.is_some() && !outlet.closed {
+            outlet.queued_bytes += frame.len();
+            outlet.queue.push_back(Message::Binary(frame));
+            drop(outlet);
+            side.ready.notify_one();
         }
     }
 
@@ -356,7 +542,7 @@ impl Session {
             }
             (Role::Agent, MessageType::OutputStreamData) => {
                 self.touch();
-                if let Some(rec) = self.recorder.lock().await.as_mut() {
+                if let Some(rec) = &self.recorder {
                     rec.agent_stream(
                         frame.sequence_number,
                         frame.payload_type.to_u32(),
@@ -367,7 +553,7 @@ impl Session {
             }
             (Role::Client, MessageType::InputStreamData) => {
                 self.touch();
-                if let Some(rec) = self.recorder.lock().await.as_mut() {
+                if let Some(rec) = &self.recorder {
                     rec.client_stream(
                         frame.sequence_number,
                         frame.payload_type.to_u32(),
@@ -383,6 +569,18 @@ impl Session {
             Role::Client => Role::Agent,
         };
         self.deliver(to, msg).await;
+        if from == Role::Agent {
+            self.last_from_agent_ms
+                .store(self.since_created(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// "1 minute", "20 minutes".
+fn minutes(d: Duration) -> String {
+    match d.as_secs() / 60 {
+        1 => "1 minute".to_owned(),
+        n => format!("{n} minutes"),
     }
 }
 
@@ -482,8 +680,7 @@ impl Supervisor {
                         s.notify_side(
                             Role::Agent,
                             publication_frame(MessageType::StartPublication),
-                        )
-                        .await;
+                        );
                     }
                 }
             }
@@ -492,14 +689,13 @@ impl Supervisor {
                     info!(conn_id = id, "client detached");
                     self.client_conn = None;
                     self.client_lost_at = Some(Instant::now());
-                    drop_sink(&s.client, id).await;
+                    s.client.detach(id).await;
                     self.set_status(status::DISCONNECTED);
                     if self.agent_conn.is_some() {
                         s.notify_side(
                             Role::Agent,
                             publication_frame(MessageType::PausePublication),
-                        )
-                        .await;
+                        );
                     }
                 }
             }
@@ -512,15 +708,14 @@ impl Supervisor {
                     s.notify_side(
                         Role::Agent,
                         publication_frame(MessageType::PausePublication),
-                    )
-                    .await;
+                    );
                 }
             }
             Event::Detached(Role::Agent, id) => {
                 if self.agent_conn == Some(id) {
                     info!(conn_id = id, "agent detached");
                     self.agent_conn = None;
-                    drop_sink(&s.agent, id).await;
+                    s.agent.detach(id).await;
                     if let Some((end, _)) = self.pending_end.take() {
                         return Some(end);
                     }
@@ -658,8 +853,18 @@ impl Supervisor {
             }
             _ => {}
         }
-        if self.pending_end.as_ref().is_some_and(|(_, at)| passed(*at)) {
-            return self.pending_end.take().map(|(end, _)| end);
+        if let Some((end, at)) = self.pending_end.take() {
+            let progress = s.created
+                + Duration::from_millis(s.last_from_agent_ms.load(Ordering::Relaxed))
+                + TERMINATING_GRACE;
+            if !passed(at) {
+                self.pending_end = Some((end, at));
+            } else if self.agent_conn.is_some() && !passed(progress) {
+                // Frames from the agent are still being passed on: wait while they flow.
+                self.pending_end = Some((end, progress));
+            } else {
+                return Some(end);
+            }
         }
         if let Some(at) = self.client_lost_at {
             if passed(at + self.hub.settings.disconnect_timeout) {
@@ -679,8 +884,8 @@ impl Supervisor {
                 return Some(End::with_reason(
                     status::TERMINATED,
                     format!(
-                        "the session was idle for {} minutes and has been terminated",
-                        idle.as_secs() / 60
+                        "the session was idle for {} and has been terminated",
+                        minutes(idle)
                     ),
                 ));
             }
@@ -690,8 +895,8 @@ impl Supervisor {
                 return Some(End::with_reason(
                     status::TERMINATED,
                     format!(
-                        "the session reached its maximum duration of {} minutes",
-                        max.as_secs() / 60
+                        "the session reached its maximum duration of {}",
+                        minutes(max)
                     ),
                 ));
             }
@@ -705,17 +910,20 @@ impl Supervisor {
         }
     }
 
-    /// Closes the session: the recording completed and the end recorded first (so whoever sees
-    /// `channel_closed` finds a consistent record), then `channel_closed` to both ends — after
-    /// anything already queued for the client — sockets closed, tokens revoked.
+    /// Closes the session: both queues sealed (nothing more is relayed), the recording completed
+    /// and the end recorded (so whoever sees `channel_closed` finds a consistent record), then
+    /// at each end what was already queued for it followed by `channel_closed`, sockets closed,
+    /// tokens revoked.
     async fn finish(self, end: End) {
         let s = &self.session;
         s.ended.store(true, Ordering::Release);
         self.hub.tokens().revoke_session(&s.id);
         info!(status = end.status, details = %end.details, "session ending");
+        s.client.seal();
+        s.agent.seal();
 
         let store = &self.hub.store;
-        if let Some(recorder) = s.recorder.lock().await.take() {
+        if let Some(recorder) = &s.recorder {
             match recorder.finish().await {
                 Ok(path) => {
                     if let Err(e) = store.set_recording(&s.id, &path) {
@@ -738,56 +946,16 @@ impl Supervisor {
             warn!(error = %e, "cannot write the audit trail");
         }
 
-        close_side(
-            &s.client,
-            Some(channel_closed_frame(&s.id, &s.target, &end.client_output)),
-        )
-        .await;
         let agent_frame = channel_closed_frame(&s.id, &s.target, "");
-        close_side(&s.agent, Some(agent_frame.clone())).await;
+        tokio::join!(
+            s.client
+                .close(channel_closed_frame(&s.id, &s.target, &end.client_output)),
+            s.agent.close(agent_frame.clone()),
+        );
         if !end.agent_done && self.shell_sent_at.is_some() {
             self.hub.send_control(&s.target, agent_frame).await;
         }
         s.cancel.cancel();
-        s.client.space.notify_waiters();
-        s.agent.space.notify_waiters();
         self.hub.remove_session(&s.id);
-    }
-}
-
-async fn drop_sink(side: &Side, conn_id: u64) {
-    let mut outlet = side.outlet.lock().await;
-    if outlet.sink.as_ref().map(|a| a.conn_id) == Some(conn_id) {
-        if let Some(mut old) = outlet.sink.take() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.sink.close()).await;
-        }
-    }
-}
-
-async fn close_side(side: &Side, last: Option<Bytes>) {
-    let mut outlet = side.outlet.lock().await;
-    outlet.closed = true;
-    outlet.pending.clear();
-    outlet.pending_bytes = 0;
-    if let Some(mut attached) = outlet.sink.take() {
-        let close = async {
-            if let Some(frame) = last {
-                attached.sink.feed(Message::Binary(frame)).await?;
-            }
-            attached
-                .sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "".into(),
-                })))
-                .await?;
-            attached.sink.close().await
-        };
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), close)
-            .await
-            .unwrap_or(Ok(()))
-        {
-            debug!(error = %e, "socket already gone at close");
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! WebSocket routing through a real gateway on 127.0.0.1 with a fake agent and a raw client:
 //! pairing, byte-for-byte relay, consumed and dropped frames, publication control, resume,
-//! termination, pongs.
+//! termination (queued output first), timers after the agent reports the end, pongs.
 
 mod common;
 
@@ -479,5 +479,237 @@ async fn an_agent_that_reconnects_gets_what_the_client_sent_meanwhile() {
     assert_eq!(next_binary(&mut w.client).await, out);
     let record = gateway.store().session(&w.session_id).unwrap().unwrap();
     assert!(record.end_date.is_none());
+    gateway.shutdown().await;
+}
+
+/// The agent sends a burst and ends the session at once, as the official agent does (§10.4:
+/// `Terminating`, `agent_task_complete` on the control channel, its socket closed), to a client
+/// that is not reading. The session ends with part of the burst still queued at the gateway;
+/// the client then gets every frame, in order, then `channel_closed`, and the recording holds
+/// every frame too.
+#[tokio::test]
+async fn output_queued_when_the_session_ends_reaches_the_client_before_channel_closed() {
+    // 5 MiB: more than the loopback sockets to the client take in (about 3–4 MiB here), less
+    // than that plus what the gateway queues for an end (MAX_PENDING_BYTES, 4 MiB).
+    const FRAMES: usize = 320;
+    const PAYLOAD: usize = 16 * 1024;
+    let rec = tempfile::tempdir().unwrap();
+    let (gateway, cred) = start_gateway("ivan", Some(rec.path())).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let started = ssm
+        .start_session()
+        .target(&agent.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let session_id = started.session_id().unwrap().to_owned();
+    let mut client = open_client_data_channel_with_receive_buffer(
+        started.stream_url().unwrap(),
+        started.token_value().unwrap(),
+        32 * 1024,
+    )
+    .await;
+    expect_interactive_shell(&mut ctl).await;
+    let mut agent_ws = open_agent_data_channel(&gateway, &agent, &session_id).await;
+
+    let burst: Vec<Bytes> = (0..FRAMES)
+        .map(|i| {
+            let mut text = format!("frame {i:04} ").into_bytes();
+            text.resize(PAYLOAD - 2, b'a' + (i % 26) as u8);
+            text.extend_from_slice(b"\r\n");
+            let mut m = AgentMessage::new(
+                MessageType::OutputStreamData,
+                PayloadType::Output,
+                Bytes::from(text),
+            );
+            m.sequence_number = i as i64;
+            m.to_bytes()
+        })
+        .collect();
+    let frames = burst.clone();
+    let (sid, instance_id) = (session_id.clone(), agent.instance_id.clone());
+    let agent_side = tokio::spawn(async move {
+        for f in frames {
+            agent_ws.feed(Message::binary(f)).await.unwrap();
+        }
+        let terminating = AgentSessionState::message(&sid, "Terminating").to_bytes();
+        agent_ws.send(Message::binary(terminating)).await.unwrap();
+        let complete = AgentTaskComplete::new(&sid, &instance_id, "Success", "");
+        let complete = AgentMessage::new(
+            MessageType::AgentTaskComplete,
+            PayloadType::Undefined,
+            to_json(&complete),
+        );
+        ctl.ws
+            .send(Message::binary(complete.to_bytes()))
+            .await
+            .unwrap();
+        agent_ws.close(None).await.unwrap();
+    });
+
+    // Only once the gateway has recorded the end does the client start reading.
+    let deadline = std::time::Instant::now() + WAIT;
+    let ended = || {
+        let record = gateway.store().session(&session_id).unwrap().unwrap();
+        record.end_date.is_some()
+    };
+    while !ended() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = drain_until_closed(&mut client).await;
+    assert_eq!(seen.len(), FRAMES + 1);
+    for (i, (got, sent)) in seen.iter().zip(&burst).enumerate() {
+        assert!(got.to_bytes() == *sent, "frame {i} differs");
+    }
+    assert_eq!(seen[FRAMES].message_type, MessageType::ChannelClosed);
+    let record = gateway.store().session(&session_id).unwrap().unwrap();
+    assert_eq!(record.status, "Terminated");
+    agent_side.await.unwrap();
+
+    let cast = std::fs::read_to_string(rec.path().join(format!("{session_id}.cast"))).unwrap();
+    let mut recorded = String::new();
+    for line in cast.lines().skip(1) {
+        let (_, _, text): (f64, String, String) = serde_json::from_str(line).unwrap();
+        recorded.push_str(&text);
+    }
+    let mut relayed = String::new();
+    for f in &burst {
+        let m = AgentMessage::decode(f.clone()).unwrap();
+        relayed.push_str(std::str::from_utf8(&m.payload).unwrap());
+    }
+    assert!(
+        recorded == relayed,
+        "the recording differs from the relayed output"
+    );
+    gateway.shutdown().await;
+}
+
+/// The agent reports the end on its control channel while a long backlog of output is still on
+/// its way through the gateway to a client that reads slowly: the session is not closed while
+/// that output keeps flowing, and the client gets all of it, then `channel_closed`.
+#[tokio::test]
+async fn a_backlog_still_flowing_to_a_slow_client_is_not_cut_off() {
+    const FRAMES: usize = 2000;
+    let (gateway, cred) = start_gateway("kate", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let started = ssm
+        .start_session()
+        .target(&agent.instance_id)
+        .document_name("AWS-StartSSHSession")
+        .send()
+        .await
+        .unwrap();
+    let session_id = started.session_id().unwrap().to_owned();
+    let mut client = open_client_data_channel_with_receive_buffer(
+        started.stream_url().unwrap(),
+        started.token_value().unwrap(),
+        32 * 1024,
+    )
+    .await;
+    expect_interactive_shell(&mut ctl).await;
+    let mut agent_ws = open_agent_data_channel(&gateway, &agent, &session_id).await;
+
+    let payload = Bytes::from(vec![b'x'; 16 * 1024]);
+    let burst: Vec<Bytes> = (0..FRAMES)
+        .map(|i| {
+            let mut m = AgentMessage::new(
+                MessageType::OutputStreamData,
+                PayloadType::Output,
+                payload.clone(),
+            );
+            m.sequence_number = i as i64;
+            m.to_bytes()
+        })
+        .collect();
+    // A port session's agent reports completion and closes its socket; here the report arrives
+    // first, while most of the burst has yet to pass the gateway.
+    let complete = AgentTaskComplete::new(&session_id, &agent.instance_id, "Success", "");
+    let complete = AgentMessage::new(
+        MessageType::AgentTaskComplete,
+        PayloadType::Undefined,
+        to_json(&complete),
+    );
+    let frames = burst.clone();
+    let agent_side = tokio::spawn(async move {
+        for f in frames {
+            agent_ws.feed(Message::binary(f)).await.unwrap();
+        }
+        agent_ws.close(None).await.unwrap();
+    });
+    ctl.ws
+        .send(Message::binary(complete.to_bytes()))
+        .await
+        .unwrap();
+
+    // About 5 MB/s: the backlog takes several times the agent's grace to pass.
+    let mut seen = 0;
+    loop {
+        let msg = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("the client got nothing for too long");
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                let m = AgentMessage::decode(b.clone()).unwrap();
+                if m.message_type == MessageType::ChannelClosed {
+                    break;
+                }
+                assert!(b == burst[seen], "frame {seen} differs");
+                seen += 1;
+                if seen % 8 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("closed without channel_closed after {seen} frames: {other:?}"),
+        }
+    }
+    assert_eq!(seen, FRAMES);
+    agent_side.await.unwrap();
+    gateway.shutdown().await;
+}
+
+/// An agent that reports `Terminating` but keeps its data channel open is closed by the gateway
+/// after its grace (2.5 s), and the session ends normally.
+#[tokio::test]
+async fn an_agent_that_stays_after_terminating_is_closed_after_its_grace() {
+    let (gateway, cred) = start_gateway("judy", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let mut w = start_wired_session(&gateway, &ssm, &agent, &mut ctl, None).await;
+    let last = stream_frame(MessageType::OutputStreamData, 0, b"exit\r\n");
+    w.agent.send(Message::binary(last.clone())).await.unwrap();
+    let reported = std::time::Instant::now();
+    let terminating = AgentSessionState::message(&w.session_id, "Terminating").to_bytes();
+    w.agent.send(Message::binary(terminating)).await.unwrap();
+
+    let seen = drain_until_closed(&mut w.client).await;
+    let waited = reported.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(2500),
+        "closed after {waited:?}"
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].to_bytes(), last);
+    let closed: ChannelClosed = serde_json::from_slice(&seen[1].payload).unwrap();
+    assert_eq!(closed.output, "");
+    let agent_seen = drain_until_closed(&mut w.agent).await;
+    assert_eq!(
+        agent_seen.last().map(|m| &m.message_type),
+        Some(&MessageType::ChannelClosed)
+    );
+    let record = gateway.store().session(&w.session_id).unwrap().unwrap();
+    assert_eq!(
+        (record.status.as_str(), record.details.as_str()),
+        ("Terminated", "the session ended on the target")
+    );
     gateway.shutdown().await;
 }

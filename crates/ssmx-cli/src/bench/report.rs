@@ -33,6 +33,8 @@ pub struct Report {
     pub agent_version: Option<String>,
     /// The KMS key every session was encrypted with, if any.
     pub kms_key_id: Option<String>,
+    /// Whether the gateway recorded the sessions (its default).
+    pub recording: bool,
     /// Port forwarding; `None` when skipped.
     pub port_forwarding: Option<ThroughputReport>,
     /// Keystroke → echo; `None` when skipped.
@@ -316,10 +318,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "plugin {} (version {}), agent {}\n",
+            "plugin {} (version {}), agent {}, gateway recording {}\n",
             self.plugin.path,
             self.plugin.version,
-            self.agent_version.as_deref().unwrap_or("unknown")
+            self.agent_version.as_deref().unwrap_or("unknown"),
+            if self.recording { "on" } else { "off" }
         );
         if let Some(key) = &self.kms_key_id {
             let _ = writeln!(out, "every session encrypted with KMS key {key}\n");
@@ -450,6 +453,7 @@ mod tests {
             },
             agent_version: None,
             kms_key_id: Some("alias/bench".into()),
+            recording: true,
             port_forwarding: Some(ThroughputReport {
                 bytes_each_way: 1 << 20,
                 upload_mb_per_s: 150.0,
@@ -485,6 +489,10 @@ mod tests {
             table.contains("150.0 MB/s") && table.contains("MISSED"),
             "{table}"
         );
-        assert!(table.contains("encrypted with KMS key alias/bench"), "{table}");
+        assert!(
+            table.contains("encrypted with KMS key alias/bench"),
+            "{table}"
+        );
+        assert!(table.contains("gateway recording on"), "{table}");
     }
 }

@@ -277,12 +277,14 @@ pub struct Stack {
 impl Stack {
     /// Starts the gateway on 127.0.0.1:0 with a fresh database and key under `dir`, creates an
     /// activation, registers an agent with it, starts the agent and waits until it is online.
-    /// With `kms_key_id`, the session preferences encrypt every session with that key.
+    /// With `kms_key_id`, the session preferences encrypt every session with that key; with
+    /// `recording`, the gateway records sessions into `dir/recordings`.
     pub async fn start(
         ssmx: &Path,
         dir: &Path,
         region: &str,
         kms_key_id: Option<&str>,
+        recording: bool,
     ) -> anyhow::Result<Stack> {
         let key = ApiKey::generate();
         let documents = dir.join("documents");
@@ -299,7 +301,7 @@ impl Stack {
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         let config = dir.join("gateway.toml");
-        std::fs::write(&config, gateway_config(dir, region, &key))
+        std::fs::write(&config, gateway_config(dir, region, &key, recording))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let ready = dir.join("gateway.url");
         let mut gateway = ChildGuard::spawn(
@@ -433,10 +435,11 @@ fn aws_env(dir: &Path, api: &Api) -> anyhow::Result<Vec<(String, String)>> {
     ])
 }
 
-fn gateway_config(dir: &Path, region: &str, key: &ApiKey) -> String {
+fn gateway_config(dir: &Path, region: &str, key: &ApiKey, recording: bool) -> String {
     let path = |name: &str| toml_string(&dir.join(name).display().to_string());
     format!(
-        "listen = \"127.0.0.1:0\"\ndb = {}\nregion = {}\nrecordings_dir = {}\ndocuments_dir = {}\n\n\
+        "listen = \"127.0.0.1:0\"\ndb = {}\nregion = {}\nrecording = {recording}\n\
+         recordings_dir = {}\ndocuments_dir = {}\n\n\
          [[credentials]]\naccess_key_id = {}\nsecret_access_key = {}\nuser = {}\n",
         path("gateway.db"),
         toml_string(region),

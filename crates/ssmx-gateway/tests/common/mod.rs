@@ -305,7 +305,30 @@ pub async fn open_agent_data_channel(
 
 /// The client's data channel: dial StreamUrl verbatim, send the Open frame.
 pub async fn open_client_data_channel(stream_url: &str, token: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(stream_url).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(stream_url).await.unwrap();
+    send_client_open(ws, token).await
+}
+
+/// Like [`open_client_data_channel`] (plain `ws://` only), over a socket whose kernel receive
+/// buffer is held at about `bytes`: a client that stops reading makes the gateway's writes to it
+/// wait after little data, instead of the many megabytes loopback sockets otherwise take in.
+pub async fn open_client_data_channel_with_receive_buffer(
+    stream_url: &str,
+    token: &str,
+    bytes: u32,
+) -> Ws {
+    let url = url::Url::parse(stream_url).unwrap();
+    let addr = url.socket_addrs(|| None).unwrap()[0];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(stream_url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    send_client_open(ws, token).await
+}
+
+async fn send_client_open(mut ws: Ws, token: &str) -> Ws {
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".into(),
         request_id: uuid::Uuid::new_v4().to_string(),
