@@ -482,6 +482,58 @@ async fn an_agent_that_reconnects_gets_what_the_client_sent_meanwhile() {
     gateway.shutdown().await;
 }
 
+/// Starts a session (`document`, or the default) whose client reads through a 32 KiB receive
+/// buffer and opens the agent's data channel: (session id, client, agent).
+async fn slow_client_session(
+    gateway: &ssmx_gateway::Gateway,
+    cred: &ssmx_gateway::config::ApiCredential,
+    agent: &AgentCredential,
+    ctl: &mut ControlChannel,
+    document: Option<&str>,
+) -> (String, Ws, Ws) {
+    let started = ssm_client(gateway.url(), cred)
+        .start_session()
+        .target(&agent.instance_id)
+        .set_document_name(document.map(str::to_owned))
+        .send()
+        .await
+        .unwrap();
+    let session_id = started.session_id().unwrap().to_owned();
+    let client = open_client_data_channel_with_receive_buffer(
+        started.stream_url().unwrap(),
+        started.token_value().unwrap(),
+        32 * 1024,
+    )
+    .await;
+    expect_interactive_shell(ctl).await;
+    let agent_ws = open_agent_data_channel(gateway, agent, &session_id).await;
+    (session_id, client, agent_ws)
+}
+
+/// Agent Output frames carrying `payloads`, numbered from 0.
+fn output_frames(payloads: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
+    payloads
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut m =
+                AgentMessage::new(MessageType::OutputStreamData, PayloadType::Output, payload);
+            m.sequence_number = i as i64;
+            m.to_bytes()
+        })
+        .collect()
+}
+
+/// `agent_task_complete` (Success) as the agent sends it on its control channel.
+fn task_complete(session_id: &str, instance_id: &str) -> Bytes {
+    let complete = AgentTaskComplete::new(session_id, instance_id, "Success", "");
+    AgentMessage::new(
+        MessageType::AgentTaskComplete,
+        PayloadType::Undefined,
+        to_json(&complete),
+    )
+    .to_bytes()
+}
+
 /// The agent sends a burst and ends the session at once, as the official agent does (§10.4:
 /// `Terminating`, `agent_task_complete` on the control channel, its socket closed), to a client
 /// that is not reading. The session ends with part of the burst still queued at the gateway;
@@ -495,39 +547,17 @@ async fn output_queued_when_the_session_ends_reaches_the_client_before_channel_c
     const PAYLOAD: usize = 16 * 1024;
     let rec = tempfile::tempdir().unwrap();
     let (gateway, cred) = start_gateway("ivan", Some(rec.path())).await;
-    let ssm = ssm_client(gateway.url(), &cred);
     let agent = register_agent(&gateway).await;
     let mut ctl = open_control_channel(&gateway, &agent).await;
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .send()
-        .await
-        .unwrap();
-    let session_id = started.session_id().unwrap().to_owned();
-    let mut client = open_client_data_channel_with_receive_buffer(
-        started.stream_url().unwrap(),
-        started.token_value().unwrap(),
-        32 * 1024,
-    )
-    .await;
-    expect_interactive_shell(&mut ctl).await;
-    let mut agent_ws = open_agent_data_channel(&gateway, &agent, &session_id).await;
+    let (session_id, mut client, mut agent_ws) =
+        slow_client_session(&gateway, &cred, &agent, &mut ctl, None).await;
 
-    let burst: Vec<Bytes> = (0..FRAMES)
-        .map(|i| {
-            let mut text = format!("frame {i:04} ").into_bytes();
-            text.resize(PAYLOAD - 2, b'a' + (i % 26) as u8);
-            text.extend_from_slice(b"\r\n");
-            let mut m = AgentMessage::new(
-                MessageType::OutputStreamData,
-                PayloadType::Output,
-                Bytes::from(text),
-            );
-            m.sequence_number = i as i64;
-            m.to_bytes()
-        })
-        .collect();
+    let burst = output_frames((0..FRAMES).map(|i| {
+        let mut text = format!("frame {i:04} ").into_bytes();
+        text.resize(PAYLOAD - 2, b'a' + (i % 26) as u8);
+        text.extend_from_slice(b"\r\n");
+        Bytes::from(text)
+    }));
     let frames = burst.clone();
     let (sid, instance_id) = (session_id.clone(), agent.instance_id.clone());
     let agent_side = tokio::spawn(async move {
@@ -536,16 +566,8 @@ async fn output_queued_when_the_session_ends_reaches_the_client_before_channel_c
         }
         let terminating = AgentSessionState::message(&sid, "Terminating").to_bytes();
         agent_ws.send(Message::binary(terminating)).await.unwrap();
-        let complete = AgentTaskComplete::new(&sid, &instance_id, "Success", "");
-        let complete = AgentMessage::new(
-            MessageType::AgentTaskComplete,
-            PayloadType::Undefined,
-            to_json(&complete),
-        );
-        ctl.ws
-            .send(Message::binary(complete.to_bytes()))
-            .await
-            .unwrap();
+        let complete = task_complete(&sid, &instance_id);
+        ctl.ws.send(Message::binary(complete)).await.unwrap();
         agent_ws.close(None).await.unwrap();
     });
 
@@ -597,46 +619,22 @@ async fn output_queued_when_the_session_ends_reaches_the_client_before_channel_c
 async fn a_backlog_still_flowing_to_a_slow_client_is_not_cut_off() {
     const FRAMES: usize = 2000;
     let (gateway, cred) = start_gateway("kate", None).await;
-    let ssm = ssm_client(gateway.url(), &cred);
     let agent = register_agent(&gateway).await;
     let mut ctl = open_control_channel(&gateway, &agent).await;
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .document_name("AWS-StartSSHSession")
-        .send()
-        .await
-        .unwrap();
-    let session_id = started.session_id().unwrap().to_owned();
-    let mut client = open_client_data_channel_with_receive_buffer(
-        started.stream_url().unwrap(),
-        started.token_value().unwrap(),
-        32 * 1024,
+    let (session_id, mut client, mut agent_ws) = slow_client_session(
+        &gateway,
+        &cred,
+        &agent,
+        &mut ctl,
+        Some("AWS-StartSSHSession"),
     )
     .await;
-    expect_interactive_shell(&mut ctl).await;
-    let mut agent_ws = open_agent_data_channel(&gateway, &agent, &session_id).await;
 
     let payload = Bytes::from(vec![b'x'; 16 * 1024]);
-    let burst: Vec<Bytes> = (0..FRAMES)
-        .map(|i| {
-            let mut m = AgentMessage::new(
-                MessageType::OutputStreamData,
-                PayloadType::Output,
-                payload.clone(),
-            );
-            m.sequence_number = i as i64;
-            m.to_bytes()
-        })
-        .collect();
+    let burst = output_frames((0..FRAMES).map(|_| payload.clone()));
     // A port session's agent reports completion and closes its socket; here the report arrives
     // first, while most of the burst has yet to pass the gateway.
-    let complete = AgentTaskComplete::new(&session_id, &agent.instance_id, "Success", "");
-    let complete = AgentMessage::new(
-        MessageType::AgentTaskComplete,
-        PayloadType::Undefined,
-        to_json(&complete),
-    );
+    let complete = task_complete(&session_id, &agent.instance_id);
     let frames = burst.clone();
     let agent_side = tokio::spawn(async move {
         for f in frames {
@@ -644,10 +642,7 @@ async fn a_backlog_still_flowing_to_a_slow_client_is_not_cut_off() {
         }
         agent_ws.close(None).await.unwrap();
     });
-    ctl.ws
-        .send(Message::binary(complete.to_bytes()))
-        .await
-        .unwrap();
+    ctl.ws.send(Message::binary(complete)).await.unwrap();
 
     // About 5 MB/s: the backlog takes several times the agent's grace to pass.
     let mut seen = 0;
