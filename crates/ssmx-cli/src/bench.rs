@@ -3,6 +3,7 @@
 //! port-forwarding throughput, keystroke latency, session set-up time, gateway memory per idle
 //! session and the plugin's memory, each beside its DESIGN.md target.
 
+mod cpus;
 mod idle;
 mod plugin;
 mod report;
@@ -18,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use self::cpus::{CpuList, Placement};
 use self::plugin::{Launch, Plugin};
 use self::report::{ClientMemory, LatencyReport, Machine, PluginInfo, Report, SetupReport};
 use self::shell::{Cancel, ShellSession};
 use self::stack::{Api, ChildGuard, SessionRequest, SessionResponse, Stack};
-use self::throughput::{PatternServer, ThroughputReport};
+use self::throughput::{CpuPerGb, PatternServer, ThroughputReport};
 
 /// The plugin looked for next to this executable when `--plugin` is not given.
 const PLUGIN_BINARY: &str = "session-manager-plugin";
@@ -78,6 +80,10 @@ pub struct BenchArgs {
     /// what recording costs.
     #[arg(long)]
     pub no_recording: bool,
+    /// Run the gateway on these CPUs (e.g. `1`, `2-3`) and everything else the benchmark starts
+    /// on the others, as when the gateway has a host of its own [default: all share every CPU].
+    #[arg(long, value_name = "LIST")]
+    pub gateway_cpus: Option<CpuList>,
 }
 
 /// How much of each measurement to do.
@@ -131,6 +137,11 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
         .clone()
         .unwrap_or_else(|| ssmx.with_file_name(PLUGIN_BINARY));
     raise_fd_limit(sizes.idle_sessions)?;
+    let placement = args
+        .gateway_cpus
+        .as_ref()
+        .map(Placement::split)
+        .transpose()?;
     let scratch = tempfile::Builder::new()
         .prefix("ssmx-bench-")
         .tempdir()
@@ -140,9 +151,12 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
         &ssmx,
         &plugin_path,
         scratch.path(),
-        region,
-        args.kms_key_id.as_deref(),
-        !args.no_recording,
+        GatewaySetup {
+            region,
+            kms_key_id: args.kms_key_id.as_deref(),
+            recording: !args.no_recording,
+            placement,
+        },
         sizes,
     ));
     let finished = tokio::select! {
@@ -228,20 +242,41 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// How the benchmark's gateway is set up.
+struct GatewaySetup<'a> {
+    region: &'a str,
+    /// Every session encrypted with this key.
+    kms_key_id: Option<&'a str>,
+    recording: bool,
+    /// CPUs of its own (`--gateway-cpus`).
+    placement: Option<Placement>,
+}
+
 async fn bench(
     ssmx: &Path,
     plugin_path: &Path,
     scratch: &Path,
-    region: &str,
-    kms_key_id: Option<&str>,
-    recording: bool,
+    gateway: GatewaySetup<'_>,
     sizes: Sizes,
 ) -> anyhow::Result<Report> {
+    let GatewaySetup {
+        region,
+        kms_key_id,
+        recording,
+        placement,
+    } = gateway;
     let cancel = Cancel::default();
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let plugin = Plugin::probe(plugin_path).await?;
+    if let Some(placement) = &placement {
+        placement.confine_self()?;
+    }
     progress("starting a gateway and an agent on 127.0.0.1");
     let mut stack = Stack::start(ssmx, scratch, region, kms_key_id, recording).await?;
+    let gateway_cpus = match &placement {
+        Some(placement) => Some(placement.place_gateway(stack.gateway_pid())?),
+        None => None,
+    };
     let ctx = Ctx {
         api: stack.api.clone(),
         target: stack.instance_id.clone(),
@@ -260,6 +295,7 @@ async fn bench(
         agent_version: stack.agent_version.clone(),
         kms_key_id: kms_key_id.map(str::to_owned),
         recording,
+        gateway_cpus: gateway_cpus.map(|cpus| cpus.to_string()),
         port_forwarding: None,
         interactive_latency: None,
         session_setup: None,
@@ -319,7 +355,7 @@ async fn measure_all(
             .checked_mul(1024 * 1024)
             .context("--mib is too large")?;
         report.port_forwarding = Some(
-            port_forwarding(ctx, bytes)
+            port_forwarding(ctx, stack, bytes)
                 .await
                 .context("port forwarding run")?,
         );
@@ -342,6 +378,15 @@ async fn measure_all(
         );
     }
     Ok(())
+}
+
+/// CPU seconds used so far by each of `pids`.
+fn cpu_times(pids: [u32; 3]) -> anyhow::Result<[f64; 3]> {
+    Ok([
+        cpus::cpu_seconds(pids[0])?,
+        cpus::cpu_seconds(pids[1])?,
+        cpus::cpu_seconds(pids[2])?,
+    ])
 }
 
 /// StartSession → the shell's first output through the plugin; then `exit`.
@@ -388,7 +433,9 @@ async fn latency(ctx: &Ctx, samples: usize) -> anyhow::Result<shell::LatencyRun>
 }
 
 /// A port session through the plugin to a server of ours; `bytes` up, then `bytes` down.
-async fn port_forwarding(ctx: &Ctx, bytes: u64) -> anyhow::Result<ThroughputReport> {
+/// The CPU time each process spent, per GB forwarded in both directions together, is measured
+/// over the transfer alone.
+async fn port_forwarding(ctx: &Ctx, stack: &Stack, bytes: u64) -> anyhow::Result<ThroughputReport> {
     let server = PatternServer::start().await?;
     let local_port = free_port()?;
     let request = ctx.request(
@@ -413,7 +460,17 @@ async fn port_forwarding(ctx: &Ctx, bytes: u64) -> anyhow::Result<ThroughputRepo
     let measured = async {
         let mut conn =
             throughput::connect_when_listening(local_port, || plugin.ensure_running()).await?;
-        throughput::measure(&mut conn, bytes).await
+        let pids = [stack.gateway_pid(), stack.agent_pid(), plugin.pid()];
+        let before = cpu_times(pids)?;
+        let mut report = throughput::measure(&mut conn, bytes).await?;
+        let after = cpu_times(pids)?;
+        let per_gb = |i: usize| (after[i] - before[i]) / (2.0 * bytes as f64 / 1e9);
+        report.cpu_seconds_per_gb = Some(CpuPerGb {
+            gateway: per_gb(0),
+            agent: per_gb(1),
+            plugin: per_gb(2),
+        });
+        anyhow::Ok(report)
     }
     .await;
     // End it as a user's Ctrl-C would: the session is terminated and the plugin exits.

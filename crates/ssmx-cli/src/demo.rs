@@ -40,6 +40,7 @@ pub async fn run(_global: &crate::GlobalArgs, args: DemoArgs) -> anyhow::Result<
         .tempdir()
         .context("cannot create a scratch directory")?;
     let credential = ApiCredential::generate("demo");
+    ssmx_gateway::keep_relay_memory();
     let gateway = Gateway::builder()
         .listen(args.listen)
         .database(Database::File(scratch.path().join("gateway.db")))

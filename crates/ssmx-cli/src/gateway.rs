@@ -99,6 +99,7 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Re
             db,
             ready_file,
         } => {
+            ssmx_gateway::keep_relay_memory();
             let config = load_config(config.as_deref())?;
             let database = database(&config, db.as_deref())?;
             let mut builder = Gateway::builder().config(config).database(database);

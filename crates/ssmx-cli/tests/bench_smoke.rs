@@ -2,7 +2,7 @@
 //! the JSON report has every field with a sane value. No timing thresholds: figures are for
 //! people and BENCHMARKS.md, not for tests.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -15,13 +15,16 @@ fn number(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
 }
 
-#[test]
-fn quick_bench_reports_every_measurement() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ssmx"))
-        .args(["bench", "--quick", "--json"])
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ssmx"))
+        .arg("bench")
+        .args(args)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
-        .expect("run ssmx bench");
+        .expect("run ssmx bench")
+}
+
+fn json_report(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -29,7 +32,42 @@ fn quick_bench_reports_every_measurement() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_str(&stdout).expect("JSON report");
+    serde_json::from_str(&stdout).expect("JSON report")
+}
+
+/// CPU time per GB is reported for each process (0 is possible for a tiny transfer: the kernel
+/// counts in clock ticks).
+fn assert_cpu_figures(report: &Value) {
+    for process in ["gateway", "agent", "plugin"] {
+        let cpu = number(
+            report,
+            &format!("port_forwarding.cpu_seconds_per_gb.{process}"),
+        );
+        assert!(cpu.is_finite() && cpu >= 0.0, "{process}: {cpu}");
+    }
+}
+
+/// The CPUs this process may use, from /proc/self/status.
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    list.split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![part.parse().unwrap()],
+        })
+        .collect()
+}
+
+#[test]
+fn quick_bench_reports_every_measurement() {
+    let report = json_report(&bench(&["--quick", "--json"]));
+    assert!(report["gateway_cpus"].is_null(), "{report:#}");
+    assert_cpu_figures(&report);
 
     assert!(number(&report, "machine.nproc") >= 1.0);
     assert!(report["plugin"]["version"]
@@ -72,4 +110,40 @@ fn quick_bench_reports_every_measurement() {
         assert_ne!(t["verdict"], "skipped", "{t}");
         assert!(t["measured"].as_str().is_some_and(|m| !m.is_empty()), "{t}");
     }
+}
+
+#[test]
+fn gateway_cpus_gives_the_gateway_cpus_of_its_own() {
+    let allowed = allowed_cpus();
+    let last = allowed.last().expect("at least one CPU").to_string();
+    let args = [
+        "--json",
+        "--mib",
+        "8",
+        "--latency-samples",
+        "0",
+        "--setup-runs",
+        "0",
+        "--idle-sessions",
+        "0",
+        "--gateway-cpus",
+        &last,
+    ];
+    let out = bench(&args);
+    if allowed.len() < 2 {
+        // Nothing would be left for the other processes.
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("leaves no CPU"), "{stderr}");
+        return;
+    }
+    let report = json_report(&out);
+    assert_eq!(report["gateway_cpus"], last.as_str(), "{report:#}");
+    assert_eq!(number(&report, "port_forwarding.bytes_each_way"), 8388608.0);
+    assert_cpu_figures(&report);
+
+    let unknown = bench(&["--quick", "--gateway-cpus", "100000"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("no CPU 100000"), "{stderr}");
 }

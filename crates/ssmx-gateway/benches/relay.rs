@@ -124,6 +124,8 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
 fn main() {
     let total_mb = env_usize("SSMX_BENCH_MB", 200);
     let rounds = env_usize("SSMX_BENCH_ROUNDS", 5).max(1);
+    // As `ssmx gateway run` does.
+    ssmx_gateway::keep_relay_memory();
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!(
         "relay agent -> client, {PAYLOAD}-byte payloads, {total_mb} MB per run, {rounds} rounds \
@@ -152,15 +154,16 @@ fn main() {
             "{label:28} {rate_med:7.0} MB/s [{rate_min:.0}-{rate_max:.0}]  \
              {cpu_med:5.2} CPU-s/GB [{cpu_min:.2}-{cpu_max:.2}]"
         );
-        if let Some(base) = baseline {
+        // Compared only when its mode without recording ran too (SSMX_BENCH_MODES may leave it out).
+        if let Some(base) = baseline.filter(|&base| !results[base].is_empty()) {
             let slower: Vec<f64> = results[i]
                 .iter()
-                .zip(&results[*base])
+                .zip(&results[base])
                 .map(|(rec, off)| 100.0 * (1.0 - rec.0 / off.0))
                 .collect();
             let extra_cpu: Vec<f64> = results[i]
                 .iter()
-                .zip(&results[*base])
+                .zip(&results[base])
                 .map(|(rec, off)| rec.1 - off.1)
                 .collect();
             let (s_med, s_min, s_max) = spread(&slower);

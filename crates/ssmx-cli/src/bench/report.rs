@@ -35,6 +35,9 @@ pub struct Report {
     pub kms_key_id: Option<String>,
     /// Whether the gateway recorded the sessions (its default).
     pub recording: bool,
+    /// The CPUs the gateway had to itself (`--gateway-cpus`, as the kernel reports them after
+    /// the move); `None`: every process shared all.
+    pub gateway_cpus: Option<String>,
     /// Port forwarding; `None` when skipped.
     pub port_forwarding: Option<ThroughputReport>,
     /// Keystroke → echo; `None` when skipped.
@@ -327,6 +330,12 @@ impl Report {
         if let Some(key) = &self.kms_key_id {
             let _ = writeln!(out, "every session encrypted with KMS key {key}\n");
         }
+        if let Some(cpus) = &self.gateway_cpus {
+            let _ = writeln!(
+                out,
+                "gateway on CPUs {cpus}, everything else on the other CPUs\n"
+            );
+        }
         let mut lines: Vec<[String; 4]> = vec![[
             "measurement".into(),
             "measured".into(),
@@ -385,6 +394,13 @@ impl Report {
                 p.upload_seconds,
                 p.download_seconds
             );
+            if let Some(cpu) = &p.cpu_seconds_per_gb {
+                let _ = writeln!(
+                    out,
+                    "CPU time per GB forwarded: gateway {:.2} s, agent {:.2} s, plugin {:.2} s",
+                    cpu.gateway, cpu.agent, cpu.plugin
+                );
+            }
         }
         if let Some(l) = &self.interactive_latency {
             let _ = writeln!(
@@ -431,6 +447,7 @@ fn mib(kib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::throughput::CpuPerGb;
 
     #[test]
     fn nearest_rank_percentiles() {
@@ -454,12 +471,18 @@ mod tests {
             agent_version: None,
             kms_key_id: Some("alias/bench".into()),
             recording: true,
+            gateway_cpus: Some("1".into()),
             port_forwarding: Some(ThroughputReport {
                 bytes_each_way: 1 << 20,
                 upload_mb_per_s: 150.0,
                 download_mb_per_s: 50.0,
                 upload_seconds: 0.0,
                 download_seconds: 0.0,
+                cpu_seconds_per_gb: Some(CpuPerGb {
+                    gateway: 0.5,
+                    agent: 1.0,
+                    plugin: 1.5,
+                }),
             }),
             interactive_latency: None,
             session_setup: None,
@@ -494,5 +517,10 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("gateway recording on"), "{table}");
+        assert!(table.contains("gateway on CPUs 1,"), "{table}");
+        assert!(
+            table.contains("gateway 0.50 s, agent 1.00 s, plugin 1.50 s"),
+            "{table}"
+        );
     }
 }

@@ -47,6 +47,19 @@ pub struct ThroughputReport {
     pub upload_seconds: f64,
     /// Seconds the download took.
     pub download_seconds: f64,
+    /// What the transfer cost each process in CPU time.
+    pub cpu_seconds_per_gb: Option<CpuPerGb>,
+}
+
+/// User plus system CPU seconds per GB forwarded, both directions together.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuPerGb {
+    /// The gateway: relaying, and recording when it is on.
+    pub gateway: f64,
+    /// The agent.
+    pub agent: f64,
+    /// The session-manager-plugin.
+    pub plugin: f64,
 }
 
 /// The remote end: a TCP server on 127.0.0.1 that sinks and sources the pattern. Its tasks end
@@ -229,6 +242,7 @@ pub async fn measure(conn: &mut TcpStream, bytes: u64) -> anyhow::Result<Through
         download_mb_per_s: rate(download),
         upload_seconds: upload.as_secs_f64(),
         download_seconds: download.as_secs_f64(),
+        cpu_seconds_per_gb: None,
     })
 }
 
