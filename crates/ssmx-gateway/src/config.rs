@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::tokens::TOKEN_TTL;
+
 /// Address the gateway listens on when neither the file nor a flag names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Region reported to agents and used in signatures when none is configured.
@@ -124,6 +126,9 @@ pub struct Config {
     pub recording: Option<bool>,
     /// Seconds a session waits for a dropped client to resume.
     pub disconnect_timeout_seconds: Option<u64>,
+    /// Seconds a started session waits for its client to open the data channel before it
+    /// fails (default and most: the StreamUrl token's lifetime, 300).
+    pub client_connect_timeout_seconds: Option<u64>,
     /// Access keys accepted on the SSM API.
     #[serde(default)]
     pub credentials: Vec<ApiCredential>,
@@ -208,6 +213,14 @@ impl Config {
                 )));
             }
         }
+        if let Some(seconds) = self.client_connect_timeout_seconds {
+            if seconds == 0 || seconds > TOKEN_TTL.as_secs() {
+                return Err(ConfigError::Invalid(format!(
+                    "client_connect_timeout_seconds must be 1 to {} (the token's lifetime)",
+                    TOKEN_TTL.as_secs()
+                )));
+            }
+        }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url)
                 .map_err(|e| ConfigError::Invalid(format!("public_url {url:?}: {e}")))?;
@@ -234,6 +247,12 @@ impl Config {
             Some(dir) => Ok(dir.clone()),
             None => Ok(data_dir()?.join("recordings")),
         }
+    }
+
+    /// How long a started session waits for its client.
+    pub fn client_connect_timeout(&self) -> Duration {
+        self.client_connect_timeout_seconds
+            .map_or(TOKEN_TTL, Duration::from_secs)
     }
 
     /// The region, or the default.
@@ -331,5 +350,18 @@ key = "/abs/k.pem"
         .unwrap();
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn client_connect_timeout_is_at_most_the_token_lifetime() {
+        let parse = |text: &str| toml::from_str::<Config>(text).unwrap();
+        assert_eq!(Config::default().client_connect_timeout(), TOKEN_TTL);
+        let short = parse("client_connect_timeout_seconds = 20");
+        assert!(short.validate().is_ok());
+        assert_eq!(short.client_connect_timeout(), Duration::from_secs(20));
+        for bad in ["0", "301"] {
+            let config = parse(&format!("client_connect_timeout_seconds = {bad}"));
+            assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+        }
     }
 }

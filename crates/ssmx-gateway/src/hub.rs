@@ -35,6 +35,8 @@ pub(crate) struct Settings {
     pub recordings_dir: Option<PathBuf>,
     /// How long a session waits for a dropped client.
     pub disconnect_timeout: Duration,
+    /// How long a started session waits for its client's first connection.
+    pub client_connect_timeout: Duration,
 }
 
 /// Who signed an SSM API request.

@@ -220,6 +220,7 @@ impl GatewayBuilder {
                 .disconnect_timeout_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(config::DEFAULT_DISCONNECT_TIMEOUT),
+            client_connect_timeout: config.client_connect_timeout(),
         };
         let kms = KeyService::new(store.key_store()?)
             .with_region(settings.region.clone())

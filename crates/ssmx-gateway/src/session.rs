@@ -29,7 +29,6 @@ use tracing::{debug, info, warn, Instrument as _};
 use crate::hub::Hub;
 use crate::recording::Recorder;
 use crate::store::status;
-use crate::tokens::TOKEN_TTL;
 
 /// Bytes queued for an end, written or waiting for its socket. Covers the agent's early frames
 /// (T13) and what is in flight when a client drops; past it the producing side is held back.
@@ -800,7 +799,7 @@ impl Supervisor {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadlines = vec![far];
         match (self.client_first_at, self.shell_sent_at) {
-            (None, _) => deadlines.push(s.created + TOKEN_TTL),
+            (None, _) => deadlines.push(s.created + self.hub.settings.client_connect_timeout),
             (Some(at), None) => deadlines.push(at + AGENT_CONNECT_TIMEOUT),
             (Some(_), Some(at)) if !self.agent_ever => deadlines.push(at + AGENT_CONNECT_TIMEOUT),
             _ => {}
@@ -833,7 +832,7 @@ impl Supervisor {
         let now = Instant::now();
         let passed = |at: Instant| now >= at;
         match (self.client_first_at, self.shell_sent_at) {
-            (None, _) if passed(s.created + TOKEN_TTL) => {
+            (None, _) if passed(s.created + self.hub.settings.client_connect_timeout) => {
                 return Some(End::with_reason(
                     status::FAILED,
                     "the client never opened the data channel",

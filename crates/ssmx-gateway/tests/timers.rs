@@ -1,9 +1,10 @@
 //! The timers the gateway enforces on a session, each through real sockets: idle timeout and
 //! maximum session duration (custom Session documents at their smallest value, one minute), the
 //! agent's time to open its data channel (with and without a control channel to send
-//! `interactive_shell` on), and the agent's time to reconnect a dropped data channel. They run
-//! side by side on one gateway so the whole file takes about a minute. (The client's disconnect
-//! timeout and the agent's grace after `Terminating` are tested in relay.rs.)
+//! `interactive_shell` on), the agent's time to reconnect a dropped data channel, and the
+//! client's time to open its data channel after StartSession (shortened by configuration). They
+//! run side by side on one gateway so the whole file takes about a minute. (The client's
+//! disconnect timeout and the agent's grace after `Terminating` are tested in relay.rs.)
 
 mod common;
 
@@ -25,6 +26,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The agent's time to reconnect a dropped data channel (session.rs AGENT_RECONNECT_GRACE).
 const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(30);
+/// How long a started session waits for its client here (`client_connect_timeout_seconds`;
+/// five minutes by default).
+const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How late after its deadline a timer may fire on a loaded machine.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -244,6 +248,51 @@ async fn agent_never_opens_its_data_channel(gateway: &Gateway, ssm: &aws_sdk_ssm
     assert_eq!(notice.session_id, session_id);
 }
 
+/// StartSession, and no client ever dials the StreamUrl: the session fails, and its token no
+/// longer opens anything.
+async fn client_never_connects(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
+    let agent = register_agent(gateway).await;
+    let _ctl = open_control_channel(gateway, &agent).await;
+    let started_at = Instant::now();
+    let started = ssm
+        .start_session()
+        .target(&agent.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let session_id = started.session_id().unwrap();
+    let deadline = started_at + CLIENT_CONNECT_TIMEOUT + SLACK;
+    while gateway
+        .store()
+        .session(session_id)
+        .unwrap()
+        .unwrap()
+        .end_date
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the session is still waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_fired("waiting for the client", started_at, CLIENT_CONNECT_TIMEOUT);
+    assert_eq!(
+        recorded_end(gateway, session_id),
+        (
+            "Failed".to_owned(),
+            "the client never opened the data channel".to_owned()
+        )
+    );
+    let mut late = open_client_data_channel(
+        started.stream_url().unwrap(),
+        started.token_value().unwrap(),
+    )
+    .await;
+    let refused = tokio::time::timeout(SLACK, late.next()).await.unwrap();
+    assert!(
+        matches!(refused, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 1008),
+        "{refused:?}"
+    );
+}
+
 /// The agent's data channel drops and it does not come back within its reconnect grace.
 async fn agent_does_not_reconnect(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
@@ -271,6 +320,7 @@ async fn gateway_timers_end_sessions() {
     let gateway = Gateway::builder()
         .config(Config {
             documents_dir: Some(documents.path().to_owned()),
+            client_connect_timeout_seconds: Some(CLIENT_CONNECT_TIMEOUT.as_secs()),
             ..Default::default()
         })
         .listen("127.0.0.1:0".parse().unwrap())
@@ -287,6 +337,7 @@ async fn gateway_timers_end_sessions() {
         no_control_channel(&gateway, &ssm),
         agent_never_opens_its_data_channel(&gateway, &ssm),
         agent_does_not_reconnect(&gateway, &ssm),
+        client_never_connects(&gateway, &ssm),
     );
     gateway.shutdown().await;
 }
