@@ -121,6 +121,13 @@ struct Outlet {
     closed: bool,
 }
 
+impl Outlet {
+    fn discard_queue(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+    }
+}
+
 /// One direction's destination: the socket of that end and the queue in front of it.
 #[derive(Default)]
 struct Side {
@@ -157,8 +164,7 @@ impl Side {
         let mut outlet = self.lock();
         outlet.closed = true;
         if outlet.writer.is_none() {
-            outlet.queue.clear();
-            outlet.queued_bytes = 0;
+            outlet.discard_queue();
         }
         drop(outlet);
         self.space.notify_waiters();
@@ -178,29 +184,19 @@ impl Side {
                     reason: "".into(),
                 })));
             } else {
-                outlet.queue.clear();
-                outlet.queued_bytes = 0;
+                outlet.discard_queue();
             }
             writer
         };
         self.space.notify_waiters();
         let Some(mut writer) = writer else { return };
         self.ready.notify_one();
-        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer.task).await {
-            Ok(Ok(Some(mut sink))) => {
-                // The socket failed before the close frame: nothing more can be written.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let left = self.lock().queue.len();
-                warn!(
-                    conn_id = writer.conn_id,
-                    frames = left,
-                    "socket did not take its last frames in time; dropped"
-                );
-                writer.task.abort();
-            }
+        if !join_writer(&mut writer, CLOSE_FLUSH_TIMEOUT).await {
+            warn!(
+                conn_id = writer.conn_id,
+                frames = self.lock().queue.len(),
+                "socket did not take its last frames in time; dropped"
+            );
         }
     }
 }
@@ -208,12 +204,23 @@ impl Side {
 /// Stops a writer and closes its socket.
 async fn stop_writer(mut writer: SocketWriter) {
     writer.stop.cancel();
-    match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer.task).await {
+    join_writer(&mut writer, CLOSE_TIMEOUT).await;
+}
+
+/// Waits up to `limit` for a writer's task to end and closes the socket it hands back (one that
+/// failed or was stopped before its close frame); past the limit the task is aborted. False
+/// when it was aborted.
+async fn join_writer(writer: &mut SocketWriter, limit: Duration) -> bool {
+    match tokio::time::timeout(limit, &mut writer.task).await {
         Ok(Ok(Some(mut sink))) => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            true
         }
-        Ok(_) => {}
-        Err(_) => writer.task.abort(),
+        Ok(_) => true,
+        Err(_) => {
+            writer.task.abort();
+            false
+        }
     }
 }
 
