@@ -754,26 +754,8 @@ pub async fn replay<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch() -> PathBuf {
-        std::env::temp_dir().join(format!("ssmx-rec-{}", crate::store::random_hex(8)))
-    }
-
-    /// A small deterministic generator (xorshift64*), so failures reproduce.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use rand::rngs::StdRng;
+    use rand::{Rng as _, SeedableRng as _};
 
     #[test]
     fn escaping_matches_serde_json() {
@@ -784,16 +766,17 @@ mod tests {
             "\u{1b}[1;32muser@host\u{1b}[0m:~$ ls\r\n".into(),
         ];
         samples.push((0u8..0x80).map(char::from).collect());
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Seeded, so failures reproduce.
+        let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         for _ in 0..500 {
-            let len = rng.below(40);
+            let len = rng.random_range(0..40);
             let s: String = (0..len)
-                .map(|_| match rng.below(6) {
-                    0 => char::from(rng.below(0x20) as u8),
+                .map(|_| match rng.random_range(0..6) {
+                    0 => char::from(rng.random_range(0..0x20) as u8),
                     1 => '"',
                     2 => '\\',
                     3 => 'é',
-                    _ => char::from(b'a' + rng.below(26) as u8),
+                    _ => char::from(b'a' + rng.random_range(0..26) as u8),
                 })
                 .collect();
             samples.push(s);
@@ -812,8 +795,8 @@ mod tests {
 
     #[tokio::test]
     async fn asciicast_round_trip_dedupes_and_splits_utf8() {
-        let dir = scratch();
-        let rec = Recorder::create(&dir, "alice-1", Format::Asciicast)
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::create(dir.path(), "alice-1", Format::Asciicast)
             .await
             .unwrap();
         rec.client_stream(0, 3, Bytes::from_static(br#"{"cols":132,"rows":40}"#))
@@ -841,7 +824,6 @@ mod tests {
         let mut out = Vec::new();
         replay(&path, 1000.0, None, &mut out).await.unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "$ €");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// However a stream is cut into messages, the recorded text is its lossy UTF-8 decoding,
@@ -858,23 +840,23 @@ mod tests {
             b"\x80\xbf",
             b"\t\x00\x07",
         ];
-        let mut rng = Rng(42);
+        let mut rng = StdRng::seed_from_u64(42);
         for round in 0..40 {
             let mut stream = Vec::new();
-            for _ in 0..rng.below(60) + 1 {
-                stream.extend_from_slice(pieces[rng.below(pieces.len())]);
+            for _ in 0..rng.random_range(0..60) + 1 {
+                stream.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
             }
             if round % 2 == 0 {
                 stream.extend_from_slice(b"\xe2\x82"); // ends inside a character
             }
-            let dir = scratch();
-            let rec = Recorder::create(&dir, "cut", Format::Asciicast)
+            let dir = tempfile::tempdir().unwrap();
+            let rec = Recorder::create(dir.path(), "cut", Format::Asciicast)
                 .await
                 .unwrap();
             let mut at = 0;
             let mut seq = 0;
             while at < stream.len() {
-                let len = (rng.below(9) + 1).min(stream.len() - at);
+                let len = (rng.random_range(0..9) + 1).min(stream.len() - at);
                 let chunk = Bytes::copy_from_slice(&stream[at..at + len]);
                 rec.agent_stream(seq, 1, chunk).await;
                 at += len;
@@ -890,14 +872,13 @@ mod tests {
                 recorded.push_str(&data);
             }
             assert_eq!(recorded, String::from_utf8_lossy(&stream), "round {round}");
-            std::fs::remove_dir_all(dir).unwrap();
         }
     }
 
     #[tokio::test]
     async fn byte_log_keeps_every_payload_once_in_order() {
-        let dir = scratch();
-        let rec = Recorder::create(&dir, "port-1", Format::ByteLog)
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::create(dir.path(), "port-1", Format::ByteLog)
             .await
             .unwrap();
         // Large payloads are written by reference, small ones copied: both must come out whole.
@@ -938,6 +919,5 @@ mod tests {
             expected.len()
         );
         assert!(records.windows(2).all(|w| w[0].at <= w[1].at));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
