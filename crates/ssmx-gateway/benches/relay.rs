@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
+use ssmx_protocol::MessageType;
 use tokio_tungstenite::tungstenite::Message;
 
 const PAYLOAD: usize = 16 * 1024;
@@ -66,15 +66,7 @@ async fn run_once(recording: bool, document: &str, total_mb: usize) -> (f64, f64
         .collect();
     let frames = total_mb * 1024 * 1024 / PAYLOAD;
     let encoded: Vec<Bytes> = (0..frames)
-        .map(|seq| {
-            let mut m = AgentMessage::new(
-                MessageType::OutputStreamData,
-                PayloadType::Output,
-                Bytes::from(line.clone()),
-            );
-            m.sequence_number = seq as i64;
-            m.to_bytes()
-        })
+        .map(|seq| stream_frame(MessageType::OutputStreamData, seq as i64, &line))
         .collect();
     let (mut agent_tx, _agent_rx) = w.agent.split();
     let (_client_tx, mut client_rx) = w.client.split();

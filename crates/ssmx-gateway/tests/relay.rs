@@ -13,12 +13,6 @@ use ssmx_protocol::payload::{
 use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
 use tokio_tungstenite::tungstenite::Message;
 
-fn stream_frame(kind: MessageType, seq: i64, payload: &'static [u8]) -> Bytes {
-    let mut m = AgentMessage::new(kind, PayloadType::Output, Bytes::from_static(payload));
-    m.sequence_number = seq;
-    m.to_bytes()
-}
-
 #[tokio::test]
 async fn frames_relay_byte_for_byte_and_terminate_closes_both_ends() {
     let rec = tempfile::tempdir().unwrap();
@@ -240,13 +234,7 @@ async fn resume_rejoins_the_same_agent_channel_with_a_new_token() {
 
     // The old token no longer opens the channel.
     let mut stale = open_client_data_channel(&stream_url, &first_token).await;
-    match tokio::time::timeout(WAIT, stale.next()).await.unwrap() {
-        Some(Ok(Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 1008);
-            assert!(frame.reason.contains("token"));
-        }
-        other => panic!("expected a policy close, got {other:?}"),
-    }
+    assert!(expect_policy_close(&mut stale).await.contains("token"));
 
     let mut client = open_client_data_channel(&stream_url, new_token).await;
     assert_eq!(next_binary(&mut client).await, while_away[0]);
@@ -285,11 +273,7 @@ async fn tokens_are_bound_to_session_and_role() {
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     ] {
         let mut ws = open_client_data_channel(b.stream_url().unwrap(), token).await;
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
-        assert!(
-            matches!(msg, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 1008),
-            "{msg:?}"
-        );
+        expect_policy_close(&mut ws).await;
     }
     // A client token presented on a signed (agent) socket is refused too.
     let path = format!(
@@ -410,12 +394,7 @@ async fn an_agent_failure_reaches_the_client_as_the_close_reason() {
     let ssm = ssm_client(gateway.url(), &cred);
     let agent = register_agent(&gateway).await;
     let mut ctl = open_control_channel(&gateway, &agent).await;
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .send()
-        .await
-        .unwrap();
+    let started = start_session(&ssm, &agent).await;
     let session_id = started.session_id().unwrap();
     let mut client = open_client_data_channel(
         started.stream_url().unwrap(),
@@ -514,12 +493,7 @@ async fn slow_client_session(
 fn output_frames(payloads: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
     payloads
         .enumerate()
-        .map(|(i, payload)| {
-            let mut m =
-                AgentMessage::new(MessageType::OutputStreamData, PayloadType::Output, payload);
-            m.sequence_number = i as i64;
-            m.to_bytes()
-        })
+        .map(|(i, payload)| stream_frame(MessageType::OutputStreamData, i as i64, &payload))
         .collect()
 }
 

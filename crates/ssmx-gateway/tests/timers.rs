@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt};
 use ssmx_gateway::config::{ApiCredential, Config, Database};
 use ssmx_gateway::Gateway;
 use ssmx_protocol::payload::ChannelClosed;
-use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
+use ssmx_protocol::{AgentMessage, MessageType};
 use tokio_tungstenite::tungstenite::Message;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -57,14 +57,8 @@ fn write_documents(dir: &Path) {
     .unwrap();
 }
 
-fn output(seq: i64, text: &'static [u8]) -> Message {
-    let mut m = AgentMessage::new(
-        MessageType::OutputStreamData,
-        PayloadType::Output,
-        Bytes::from_static(text),
-    );
-    m.sequence_number = seq;
-    Message::binary(m.to_bytes())
+fn output(seq: i64, text: &[u8]) -> Message {
+    Message::binary(stream_frame(MessageType::OutputStreamData, seq, text))
 }
 
 /// Frames seen on `ws` until the gateway closes it, which must happen within `limit`.
@@ -98,6 +92,22 @@ fn recorded_end(gateway: &Gateway, session_id: &str) -> (String, String) {
     (record.status, record.details)
 }
 
+/// The client was told `reason` in its `channel_closed` (the last of `seen`), and the gateway
+/// recorded the session as ended with `status` and the same reason.
+fn assert_ended(
+    gateway: &Gateway,
+    session_id: &str,
+    seen: &[AgentMessage],
+    status: &str,
+    reason: &str,
+) {
+    assert_eq!(close_reason(seen), reason);
+    assert_eq!(
+        recorded_end(gateway, session_id),
+        (status.to_owned(), reason.to_owned())
+    );
+}
+
 fn assert_fired(what: &str, since: Instant, timer: Duration) {
     let elapsed = since.elapsed();
     assert!(
@@ -119,14 +129,12 @@ async fn idle_timeout(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let seen = closed_within(&mut w.client, MINUTE + SLACK).await;
     assert_fired("idle timeout", last_activity, MINUTE);
     assert_eq!(seen[0].payload, Bytes::from_static(b"$ "));
-    let reason = close_reason(&seen);
-    assert_eq!(
-        reason,
-        "the session was idle for 1 minute and has been terminated"
-    );
-    assert_eq!(
-        recorded_end(gateway, &w.session_id),
-        ("Terminated".to_owned(), reason)
+    assert_ended(
+        gateway,
+        &w.session_id,
+        &seen,
+        "Terminated",
+        "the session was idle for 1 minute and has been terminated",
     );
     let agent_seen = closed_within(&mut w.agent, SLACK).await;
     assert_eq!(close_reason(&agent_seen), "");
@@ -155,14 +163,12 @@ async fn max_session_duration(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
         "output kept flowing: {} frames",
         seen.len()
     );
-    let reason = close_reason(&seen);
-    assert_eq!(
-        reason,
-        "the session reached its maximum duration of 1 minute"
-    );
-    assert_eq!(
-        recorded_end(gateway, &w.session_id),
-        ("Terminated".to_owned(), reason)
+    assert_ended(
+        gateway,
+        &w.session_id,
+        &seen,
+        "Terminated",
+        "the session reached its maximum duration of 1 minute",
     );
     busy.abort();
 }
@@ -172,12 +178,7 @@ async fn max_session_duration(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
 async fn no_control_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let ctl = open_control_channel(gateway, &agent).await;
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .send()
-        .await
-        .unwrap();
+    let started = start_session(ssm, &agent).await;
     let session_id = started.session_id().unwrap();
     drop(ctl);
     while gateway.is_agent_online(&agent.instance_id) {
@@ -195,14 +196,12 @@ async fn no_control_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
         attached,
         AGENT_CONNECT_TIMEOUT,
     );
-    let reason = close_reason(&seen);
-    assert_eq!(
-        reason,
-        format!("target {} is not connected", agent.instance_id)
-    );
-    assert_eq!(
-        recorded_end(gateway, session_id),
-        ("Failed".to_owned(), reason)
+    assert_ended(
+        gateway,
+        session_id,
+        &seen,
+        "Failed",
+        &format!("target {} is not connected", agent.instance_id),
     );
 }
 
@@ -210,12 +209,7 @@ async fn no_control_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
 async fn agent_never_opens_its_data_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let mut ctl = open_control_channel(gateway, &agent).await;
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .send()
-        .await
-        .unwrap();
+    let started = start_session(ssm, &agent).await;
     let session_id = started.session_id().unwrap();
     let mut client = open_client_data_channel(
         started.stream_url().unwrap(),
@@ -230,11 +224,12 @@ async fn agent_never_opens_its_data_channel(gateway: &Gateway, ssm: &aws_sdk_ssm
         shell_sent,
         AGENT_CONNECT_TIMEOUT,
     );
-    let reason = close_reason(&seen);
-    assert_eq!(reason, "the agent did not open the session's data channel");
-    assert_eq!(
-        recorded_end(gateway, session_id),
-        ("Failed".to_owned(), reason)
+    assert_ended(
+        gateway,
+        session_id,
+        &seen,
+        "Failed",
+        "the agent did not open the session's data channel",
     );
     // The agent is told on its control channel, so it does not start the session late.
     let notice = tokio::time::timeout(SLACK, ctl.ws.next())
@@ -254,12 +249,7 @@ async fn client_never_connects(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let _ctl = open_control_channel(gateway, &agent).await;
     let started_at = Instant::now();
-    let started = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .send()
-        .await
-        .unwrap();
+    let started = start_session(ssm, &agent).await;
     let session_id = started.session_id().unwrap();
     let deadline = started_at + CLIENT_CONNECT_TIMEOUT + SLACK;
     while gateway
@@ -286,11 +276,7 @@ async fn client_never_connects(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
         started.token_value().unwrap(),
     )
     .await;
-    let refused = tokio::time::timeout(SLACK, late.next()).await.unwrap();
-    assert!(
-        matches!(refused, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 1008),
-        "{refused:?}"
-    );
+    expect_policy_close(&mut late).await;
 }
 
 /// The agent's data channel drops and it does not come back within its reconnect grace.
@@ -304,11 +290,12 @@ async fn agent_does_not_reconnect(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) 
     drop(w.agent);
     let seen = closed_within(&mut w.client, AGENT_RECONNECT_GRACE + SLACK).await;
     assert_fired("agent reconnect grace", dropped, AGENT_RECONNECT_GRACE);
-    let reason = close_reason(&seen);
-    assert_eq!(reason, "the agent's data channel closed unexpectedly");
-    assert_eq!(
-        recorded_end(gateway, &w.session_id),
-        ("Failed".to_owned(), reason)
+    assert_ended(
+        gateway,
+        &w.session_id,
+        &seen,
+        "Failed",
+        "the agent's data channel closed unexpectedly",
     );
 }
 

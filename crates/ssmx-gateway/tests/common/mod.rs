@@ -17,7 +17,7 @@ use ssmx_protocol::payload::{
     parse_create_channel_output_xml, AgentTaskPayload, OpenControlChannelInput,
     OpenDataChannelInput,
 };
-use ssmx_protocol::{AgentMessage, MessageType};
+use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -247,6 +247,28 @@ pub async fn next_binary(ws: &mut Ws) -> Bytes {
     }
 }
 
+/// A stream message of `kind` (payload type Output) numbered `seq`, encoded as the ends send it.
+pub fn stream_frame(kind: MessageType, seq: i64, payload: &[u8]) -> Bytes {
+    let mut m = AgentMessage::new(kind, PayloadType::Output, Bytes::copy_from_slice(payload));
+    m.sequence_number = seq;
+    m.to_bytes()
+}
+
+/// Waits for the gateway to refuse what was presented on `ws` with a policy-violation close
+/// (1008); returns the close reason.
+pub async fn expect_policy_close(ws: &mut Ws) -> String {
+    match tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no answer")
+    {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+            frame.reason.to_string()
+        }
+        other => panic!("expected a policy close, got {other:?}"),
+    }
+}
+
 pub async fn next_message(ws: &mut Ws) -> AgentMessage {
     AgentMessage::decode(next_binary(ws).await).unwrap()
 }
@@ -341,6 +363,18 @@ async fn send_client_open(mut ws: Ws, token: &str) -> Ws {
         .await
         .unwrap();
     ws
+}
+
+/// StartSession on `agent` with the default document.
+pub async fn start_session(
+    ssm: &aws_sdk_ssm::Client,
+    agent: &AgentCredential,
+) -> aws_sdk_ssm::operation::start_session::StartSessionOutput {
+    ssm.start_session()
+        .target(&agent.instance_id)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A started session with both data channels attached.
