@@ -394,7 +394,7 @@ async fn an_agent_failure_reaches_the_client_as_the_close_reason() {
     let ssm = ssm_client(gateway.url(), &cred);
     let agent = register_agent(&gateway).await;
     let mut ctl = open_control_channel(&gateway, &agent).await;
-    let started = start_session(&ssm, &agent).await;
+    let started = start_session(&ssm, &agent, None).await;
     let session_id = started.session_id().unwrap();
     let mut client = open_client_data_channel(
         started.stream_url().unwrap(),
@@ -470,13 +470,7 @@ async fn slow_client_session(
     ctl: &mut ControlChannel,
     document: Option<&str>,
 ) -> (String, Ws, Ws) {
-    let started = ssm_client(gateway.url(), cred)
-        .start_session()
-        .target(&agent.instance_id)
-        .set_document_name(document.map(str::to_owned))
-        .send()
-        .await
-        .unwrap();
+    let started = start_session(&ssm_client(gateway.url(), cred), agent, document).await;
     let session_id = started.session_id().unwrap().to_owned();
     let client = open_client_data_channel_with_receive_buffer(
         started.stream_url().unwrap(),

@@ -178,7 +178,7 @@ async fn max_session_duration(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
 async fn no_control_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let ctl = open_control_channel(gateway, &agent).await;
-    let started = start_session(ssm, &agent).await;
+    let started = start_session(ssm, &agent, None).await;
     let session_id = started.session_id().unwrap();
     drop(ctl);
     while gateway.is_agent_online(&agent.instance_id) {
@@ -209,7 +209,7 @@ async fn no_control_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
 async fn agent_never_opens_its_data_channel(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let mut ctl = open_control_channel(gateway, &agent).await;
-    let started = start_session(ssm, &agent).await;
+    let started = start_session(ssm, &agent, None).await;
     let session_id = started.session_id().unwrap();
     let mut client = open_client_data_channel(
         started.stream_url().unwrap(),
@@ -249,7 +249,7 @@ async fn client_never_connects(gateway: &Gateway, ssm: &aws_sdk_ssm::Client) {
     let agent = register_agent(gateway).await;
     let _ctl = open_control_channel(gateway, &agent).await;
     let started_at = Instant::now();
-    let started = start_session(ssm, &agent).await;
+    let started = start_session(ssm, &agent, None).await;
     let session_id = started.session_id().unwrap();
     let deadline = started_at + CLIENT_CONNECT_TIMEOUT + SLACK;
     while gateway

@@ -365,13 +365,15 @@ async fn send_client_open(mut ws: Ws, token: &str) -> Ws {
     ws
 }
 
-/// StartSession on `agent` with the default document.
+/// StartSession on `agent` with `document` (`None`: the default).
 pub async fn start_session(
     ssm: &aws_sdk_ssm::Client,
     agent: &AgentCredential,
+    document: Option<&str>,
 ) -> aws_sdk_ssm::operation::start_session::StartSessionOutput {
     ssm.start_session()
         .target(&agent.instance_id)
+        .set_document_name(document.map(str::to_owned))
         .send()
         .await
         .unwrap()
@@ -393,13 +395,7 @@ pub async fn start_wired_session(
     ctl: &mut ControlChannel,
     document: Option<&str>,
 ) -> Wired {
-    let out = ssm
-        .start_session()
-        .target(&agent.instance_id)
-        .set_document_name(document.map(str::to_owned))
-        .send()
-        .await
-        .unwrap();
+    let out = start_session(ssm, agent, document).await;
     let session_id = out.session_id().unwrap().to_owned();
     let stream_url = out.stream_url().unwrap().to_owned();
     let client = open_client_data_channel(&stream_url, out.token_value().unwrap()).await;
