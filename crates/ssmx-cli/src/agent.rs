@@ -68,6 +68,7 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: AgentCommand) -> anyhow::Resu
             let registration = Registration::load(&state_dir)?;
             let mut config = AgentConfig::new(registration);
             config.log_dir = Some(args.log_dir.unwrap_or_else(|| state_dir.join("logs")));
+            config.commands_dir = Some(state_dir.join("commands"));
             config.shell = args.shell;
             config.session_user = args.session_user;
             let mut terminate =

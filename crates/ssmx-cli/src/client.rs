@@ -359,8 +359,8 @@ pub async fn port_forward(global: &GlobalArgs, args: PortForwardArgs) -> anyhow:
         Some(done) = running.join_next() => match done {
             Ok((id, Ok(end))) => {
                 UI.ended(&id, &end);
-                let ok = end == SessionEnd::Closed { message: None };
-                (if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }, Some(id))
+                let status = if end.is_normal() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+                (status, Some(id))
             }
             Ok((id, Err(e))) => {
                 UI.status(&format!("session {id}: {e:#}\n"));

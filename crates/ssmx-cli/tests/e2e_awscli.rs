@@ -124,11 +124,11 @@ fn aws_cli_port_forwarding_session_forwards_tcp() {
     assert!(common::echo_roundtrip(&mut conn, &data) == data);
 }
 
-#[test]
-fn aws_cli_interactive_shell_in_a_terminal() {
-    let stack = Stack::start();
-    let command = format!(
-        "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_CONFIG_FILE={} AWS_SHARED_CREDENTIALS_FILE={} PATH={} {} --endpoint-url {} --region {} ssm start-session --target {}",
+/// A shell command line running `aws ssm start-session --target <the agent> ARGS` against the
+/// stack (for a terminal in tmux).
+fn start_session_command_line(stack: &Stack, args: &str) -> String {
+    format!(
+        "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_CONFIG_FILE={} AWS_SHARED_CREDENTIALS_FILE={} PATH={} {} --endpoint-url {} --region {} ssm start-session --target {} {args}",
         common::ACCESS_KEY_ID,
         common::SECRET_ACCESS_KEY,
         stack.path("none").display(),
@@ -138,7 +138,13 @@ fn aws_cli_interactive_shell_in_a_terminal() {
         stack.url,
         common::REGION,
         stack.instance_id
-    );
+    )
+}
+
+#[test]
+fn aws_cli_interactive_shell_in_a_terminal() {
+    let stack = Stack::start();
+    let command = start_session_command_line(&stack, "");
     let tmux = Tmux::start(stack.dir.path(), &command, 100, 30);
     tmux.wait_for_text("Starting session with SessionId");
     tmux.type_text("echo shell-via-aws-$((3*3))");
@@ -148,6 +154,24 @@ fn aws_cli_interactive_shell_in_a_terminal() {
     tmux.send_keys(&["Enter"]);
     let screen = tmux.wait_for_text("[exit ");
     assert!(screen.contains("[exit 0]"), "{screen}");
+}
+
+#[test]
+fn aws_cli_command_output_in_a_terminal_starts_each_line_at_column_zero() {
+    let stack = Stack::start();
+    // A command without a remote terminal ends its lines with a bare `\n`.
+    let command = start_session_command_line(
+        &stack,
+        r#"--document-name AWS-StartNonInteractiveCommand --parameters '{"command":["sh -c \"echo to-stderr >&2; seq -f line-%g 1 3; exit 3\""]}'"#,
+    );
+    let tmux = Tmux::start(stack.dir.path(), &command, 100, 30);
+    let screen = tmux.wait_for_text("[exit ");
+    for line in ["to-stderr", "line-1", "line-2", "line-3", "EXIT_CODE: 3"] {
+        assert!(
+            screen.lines().any(|l| l.starts_with(line)),
+            "{line:?} does not start a line:\n{screen}"
+        );
+    }
 }
 
 #[test]

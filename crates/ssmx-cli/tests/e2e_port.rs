@@ -3,9 +3,72 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read};
 use std::process::Stdio;
 
 use common::{echo_roundtrip, ChildGuard, Stack};
+
+/// Bytes read through the forward before the crash.
+const BEFORE_CRASH: usize = 1024 * 1024;
+
+/// Downloads through `ssmx port-forward` from a source that never stops, runs `crash` part way,
+/// and insists that the local connection is reset, not ended as if the download were complete,
+/// and that the client reports the failure.
+fn download_cut_short_by(crash: fn(&mut Stack)) {
+    let mut stack = Stack::start();
+    let source = common::endless_source();
+    let local = common::free_port();
+    let mut forward = ChildGuard(
+        stack
+            .ssmx()
+            .args([
+                "port-forward",
+                &stack.instance_id,
+                "--remote-port",
+                &source.to_string(),
+                "--local-port",
+                &local.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    let mut conn = common::connect(local);
+    conn.set_read_timeout(Some(common::STEP_DEADLINE)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < BEFORE_CRASH {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the download ended after {received} bytes");
+        received += n;
+    }
+    crash(&mut stack);
+    let failure = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => panic!(
+                "the local connection ended normally after {received} bytes, as if complete\n{}",
+                stack.logs()
+            ),
+            Ok(n) => received += n,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(failure.kind(), ErrorKind::ConnectionReset, "{failure}");
+    let status = common::wait_for(|| forward.0.try_wait().unwrap(), "port-forward to exit");
+    assert_eq!(status.code(), Some(1), "{}", stack.logs());
+}
+
+#[test]
+fn an_agent_crash_resets_the_forwarded_connection() {
+    download_cut_short_by(Stack::kill_agent);
+}
+
+#[test]
+fn a_gateway_crash_resets_the_forwarded_connection() {
+    download_cut_short_by(Stack::kill_gateway);
+}
 
 #[test]
 fn parallel_connections_through_one_forward_arrive_byte_exact() {

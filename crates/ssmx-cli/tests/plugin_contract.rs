@@ -2,6 +2,7 @@
 //! counts, texts, exit statuses, the environment-variable and legacy forms, and errors instead
 //! of crashes on bad input.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -130,7 +131,9 @@ async fn one_shell_session(listener: TcpListener) -> OpenDataChannelInput {
     open
 }
 
-async fn plugin_session(env_var_form: bool) {
+/// Runs one shell session through the plugin as aws-cli does (with `env` added to the plugin's
+/// environment), checks its stdout and the token it presented; returns what it printed.
+async fn plugin_session(env_var_form: bool, env: &[(&str, &Path)]) -> Output {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "ws://{}/v1/data-channel/s-1?role=publish_subscribe",
@@ -141,6 +144,7 @@ async fn plugin_session(env_var_form: bool) {
     let response =
         format!(r#"{{"SessionId": "s-1", "TokenValue": "token-1", "StreamUrl": "{url}"}}"#);
     let mut cmd = tokio::process::Command::new(PLUGIN);
+    cmd.envs(env.iter().copied());
     if env_var_form {
         cmd.env("AWS_SSM_START_SESSION_RESPONSE", &response).args([
             "AWS_SSM_START_SESSION_RESPONSE",
@@ -177,14 +181,32 @@ async fn plugin_session(env_var_form: bool) {
     let open = tokio::time::timeout(STEP, server).await.unwrap().unwrap();
     assert_eq!(open.token_value, "token-1");
     assert_eq!(open.client_version.as_deref(), Some(CLIENT_VERSION));
+    out
 }
 
 #[tokio::test]
 async fn env_var_form_runs_a_session() {
-    plugin_session(true).await;
+    plugin_session(true, &[]).await;
 }
 
 #[tokio::test]
 async fn legacy_form_runs_a_session() {
-    plugin_session(false).await;
+    plugin_session(false, &[]).await;
+}
+
+#[tokio::test]
+async fn missing_aws_config_files_leave_stderr_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = plugin_session(
+        true,
+        &[
+            ("AWS_CONFIG_FILE", &dir.path().join("no-config")),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                &dir.path().join("no-credentials"),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }

@@ -85,6 +85,9 @@ pub enum Error {
     /// The session ended before its handshake completed or its first output arrived.
     #[error("the session ended before it started: {0}")]
     EndedBeforeStart(crate::session::SessionEnd),
+    /// The session ended other than normally while it was in use (e.g. its target went away).
+    #[error("the session ended while in use: {0}")]
+    Interrupted(crate::session::SessionEnd),
     /// The session is not of the kind the operation needs.
     #[error("{0}")]
     WrongSessionType(String),

@@ -26,6 +26,7 @@ mod manager;
 mod port;
 mod proxy;
 mod session;
+mod signing;
 
 pub use bytes::Bytes;
 pub use connect::client_id;
@@ -37,6 +38,9 @@ pub use manager::{
     DEFAULT_API_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EXEC_DOCUMENT,
     DEFAULT_NEGOTIATED_PAYLOAD, DEFAULT_PAYLOAD_SIZE, DEFAULT_RECONNECT_ATTEMPTS, MAX_PAYLOAD_SIZE,
 };
-pub use port::{PortForwarder, PortMode, PortNotice, PortParameters, LOCAL_PORT_FORWARDING};
+pub use port::{
+    LocalConnection, PortForwarder, PortMode, PortNotice, PortParameters, LOCAL_PORT_FORWARDING,
+};
 pub use session::{Session, SessionEnd, SessionEvent, SessionReader, SessionWriter};
+pub use signing::{UniqueSignatures, NONCE_HEADER};
 pub use ssmx_protocol::payload::PortFlag;

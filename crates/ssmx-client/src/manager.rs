@@ -140,7 +140,8 @@ impl SessionManagerBuilder {
     /// may be set with `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_SSM` or a profile).
     pub fn build(self, config: &SdkConfig) -> SessionManager {
         let mut ssm = aws_sdk_ssm::config::Builder::from(config)
-            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts))
+            .interceptor(crate::UniqueSignatures);
         if let Some(t) = self.options.api_timeout {
             ssm = ssm.timeout_config(TimeoutConfig::builder().operation_timeout(t).build());
         }

@@ -12,7 +12,8 @@ use ssmx_protocol::version::{
     client_sees_greater, CLIENT_KEEPALIVE_OFF_AGENT_EXCLUSIVE, CLIENT_MUX_MIN_AGENT_EXCLUSIVE,
     CLIENT_TERMINATE_FLAG_AGENT_EXCLUSIVE,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, Join};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
@@ -283,52 +284,70 @@ impl PortForwarder {
     /// Carries one local connection until both directions are done or the session ends. In
     /// multiplexed mode many calls run at once; in basic and standard-stream mode calls take
     /// turns (the protocol carries one connection at a time).
-    pub async fn forward<S>(&self, conn: S) -> Result<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let mut outcome = self.outcome.clone();
-        let ended = async move {
-            let _ = outcome.wait_for(Option::is_some).await;
+    ///
+    /// A normal end of the session closes the connection normally. A call that fails aborts
+    /// its connection instead (see [`LocalConnection`]); when the session fails while the
+    /// connection is open (the agent or the service went away and the session could not be
+    /// resumed), the call returns that failure. A call dropped after such a failure aborts its
+    /// connection too.
+    pub async fn forward<C: LocalConnection>(&self, conn: C) -> Result<()> {
+        let mut carried = Carried {
+            conn,
+            outcome: self.outcome.clone(),
+            failed: None,
         };
+        let result = tokio::select! {
+            r = self.carry(&mut carried.conn) => r,
+            r = self.session_over() => r,
+        };
+        carried.failed = Some(result.is_err());
+        result
+    }
+
+    /// Moves the connection's bytes in the session's mode until they stop.
+    async fn carry<C: LocalConnection>(&self, conn: &mut C) -> Result<()> {
         match &self.plumbing {
             Plumbing::Mux(connector) => {
                 let mut stream = connector
                     .connect()
                     .map_err(|e| Error::Multiplexer(e.to_string()))?;
-                let mut conn = conn;
-                tokio::select! {
-                    r = tokio::io::copy_bidirectional(&mut conn, &mut stream) => {
-                        r.map(drop).or_else(ignore_disconnect)
-                    }
-                    () = ended => Ok(()),
-                }
+                tokio::io::copy_bidirectional(conn, &mut stream)
+                    .await
+                    .map(drop)
+                    .or_else(ignore_disconnect)
             }
-            Plumbing::Single(queue) => {
-                let mut queue = queue.lock().await;
-                tokio::select! {
-                    r = self.single(conn, &mut queue) => r,
-                    () = ended => Ok(()),
-                }
-            }
+            Plumbing::Single(queue) => self.single(conn, &mut *queue.lock().await).await,
+        }
+    }
+
+    /// Waits for the end of the session and says what it means for a connection still open:
+    /// nothing when the session ended normally, else the failure.
+    async fn session_over(&self) -> Result<()> {
+        let end = self.closed().await?;
+        if end.is_normal() {
+            Ok(())
+        } else {
+            Err(Error::Interrupted(end))
         }
     }
 
     /// Basic / standard-stream mode: one connection owns the session's byte stream.
-    async fn single<S>(&self, conn: S, queue: &mut mpsc::Receiver<Bytes>) -> Result<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let (mut rd, mut wr) = tokio::io::split(conn);
+    async fn single<C: LocalConnection>(
+        &self,
+        conn: &mut C,
+        queue: &mut mpsc::Receiver<Bytes>,
+    ) -> Result<()> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let local_done = loop {
             buf.reserve(READ_CHUNK);
             tokio::select! {
-                n = rd.read_buf(&mut buf) => match n {
+                n = conn.read_buf(&mut buf) => match n {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
                         tracing::trace!(n, "local to session");
-                        self.writer.write(buf.split().freeze()).await?;
+                        if self.writer.write(buf.split().freeze()).await.is_err() {
+                            return self.rest_of_session(conn, queue).await;
+                        }
                     }
                     Err(e) => break Err(e),
                 },
@@ -336,25 +355,43 @@ impl PortForwarder {
                     Some(bytes) => {
                         tracing::trace!(n = bytes.len(), "session to local");
                         // Flush too: stdout (standard-stream mode) is line-buffered.
-                        if let Err(e) = write_flush(&mut wr, &bytes).await {
+                        if let Err(e) = write_flush(conn, &bytes).await {
                             break Err(e);
                         }
                     }
-                    None => return Ok(()),
+                    // The downlink has stopped: the session's outcome is known.
+                    None => return self.session_over().await,
                 },
             }
         };
         if let Err(e) = &local_done {
             tracing::debug!("local connection failed: {e}");
         }
-        match self.mode {
+        let sent = match self.mode {
             // Tell the agent to drop its destination connection; the next connection
             // makes it dial again (§8.7).
-            PortMode::Basic => self.writer.send_flag(PortFlag::DisconnectToPort).await?,
+            PortMode::Basic => self.writer.send_flag(PortFlag::DisconnectToPort).await,
             // Standard-stream mode ends with the local input (§8.6); deliver what was sent.
-            _ => self.writer.flush().await?,
+            _ => self.writer.flush().await,
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(_) => self.rest_of_session(conn, queue).await,
         }
-        Ok(())
+    }
+
+    /// After a failed send the session is over: delivers what it still sends (the queue must
+    /// keep moving for its outcome to arrive), then reports that outcome.
+    async fn rest_of_session<C: LocalConnection>(
+        &self,
+        conn: &mut C,
+        queue: &mut mpsc::Receiver<Bytes>,
+    ) -> Result<()> {
+        let mut delivering = true;
+        while let Some(bytes) = queue.recv().await {
+            delivering = delivering && write_flush(conn, &bytes).await.is_ok();
+        }
+        self.session_over().await
     }
 
     /// True once the session has ended.
@@ -394,6 +431,63 @@ impl PortForwarder {
             Ok(())
         } else {
             self.writer.terminate().await
+        }
+    }
+}
+
+/// A local connection that [`PortForwarder::forward`] carries.
+///
+/// When the session fails while the connection is open, the connection is aborted instead of
+/// closed where its transport can tell the two apart, so the program at the other end sees the
+/// failure: a download cut short must not look complete.
+pub trait LocalConnection: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes the coming close abortive. The default does nothing: Unix sockets, pipes and
+    /// standard streams have only the normal close.
+    fn abort_on_close(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LocalConnection for TcpStream {
+    /// A zero linger time: closing sends a reset (RST) instead of a FIN.
+    fn abort_on_close(&self) -> std::io::Result<()> {
+        self.set_zero_linger()
+    }
+}
+
+impl LocalConnection for UnixStream {}
+
+impl LocalConnection for DuplexStream {}
+
+impl<R, W> LocalConnection for Join<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+}
+
+/// A connection in [`PortForwarder::forward`]: aborted when dropped if carrying it failed, or,
+/// if it is dropped before the end, if the session has failed.
+struct Carried<C: LocalConnection> {
+    conn: C,
+    outcome: watch::Receiver<Outcome>,
+    /// Whether carrying failed, once it has ended.
+    failed: Option<bool>,
+}
+
+impl<C: LocalConnection> Drop for Carried<C> {
+    fn drop(&mut self) {
+        let failed = self
+            .failed
+            .unwrap_or_else(|| match &*self.outcome.borrow() {
+                None => false,
+                Some(Ok(end)) => !end.is_normal(),
+                Some(Err(_)) => true,
+            });
+        if failed {
+            if let Err(e) = self.conn.abort_on_close() {
+                tracing::debug!("cannot abort the local connection: {e}");
+            }
         }
     }
 }
@@ -459,17 +553,23 @@ async fn downlink(
     outcome.send_replace(Some(result));
 }
 
-/// Moves bytes the smux session writes to the channel.
+/// Moves bytes the smux session writes to the channel. Once a write fails the session is over;
+/// what the smux session writes after that is discarded, so its streams stay open until their
+/// connections see the session's outcome (closing the pipe would end them first).
 async fn uplink(mut from_mux: tokio::io::ReadHalf<DuplexStream>, writer: SessionWriter) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut sending = true;
     loop {
         buf.reserve(READ_CHUNK);
         match from_mux.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if let Err(e) = writer.write(buf.split().freeze()).await {
-                    tracing::debug!("port uplink stopped: {e}");
-                    return;
+                let bytes = buf.split().freeze();
+                if sending {
+                    if let Err(e) = writer.write(bytes).await {
+                        tracing::debug!("port uplink stopped: {e}");
+                        sending = false;
+                    }
                 }
             }
         }

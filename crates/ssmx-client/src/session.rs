@@ -65,6 +65,14 @@ pub enum SessionEnd {
     TimedOut,
 }
 
+impl SessionEnd {
+    /// True for the normal end: the service closed the session without a reason (it finished,
+    /// or was terminated).
+    pub fn is_normal(&self) -> bool {
+        matches!(self, SessionEnd::Closed { message: None })
+    }
+}
+
 impl std::fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -70,6 +70,9 @@ pub struct SessionInputs {
     pub idle_session_timeout_minutes: u64,
     /// Minutes before the session ends regardless (0: none).
     pub max_session_duration_minutes: u64,
+    /// `ssmxRecording`: whether an ssmx gateway records sessions of this document (`None`:
+    /// its configuration decides).
+    pub recording: Option<bool>,
 }
 
 impl SessionDocument {
@@ -88,6 +91,7 @@ impl SessionDocument {
                 .unwrap_or_default(),
             idle_session_timeout_minutes: get("idleSessionTimeout").map(value_u64).unwrap_or(0),
             max_session_duration_minutes: get("maxSessionDuration").map(value_u64).unwrap_or(0),
+            recording: get("ssmxRecording").map(value_bool),
         }
     }
 
@@ -249,5 +253,11 @@ mod tests {
         assert_eq!(inputs.run_as_default_user, "ops");
         assert_eq!(inputs.idle_session_timeout_minutes, 20);
         assert_eq!(inputs.shell_profile_linux, "cd /tmp");
+        assert_eq!(inputs.recording, None);
+        let doc: SessionDocument = serde_json::from_value(json!({
+            "schemaVersion": "1.0", "sessionType": "Port", "inputs": {"ssmxRecording": "true"}
+        }))
+        .unwrap();
+        assert_eq!(doc.session_inputs().recording, Some(true));
     }
 }

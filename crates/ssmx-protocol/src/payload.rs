@@ -264,6 +264,15 @@ impl RequestedClientAction {
     }
 }
 
+/// Reads `null` as the type's default, as Go's JSON decoder leaves a zero value for `null`.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
 /// `ActionStatus` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "i64", into = "i64")]
@@ -276,6 +285,13 @@ pub enum ActionStatus {
     Unsupported,
     /// Anything else (the official client sends 0 for unknown actions).
     Other(i64),
+}
+
+impl Default for ActionStatus {
+    /// Go's zero value: an absent status reads as 0, a failure.
+    fn default() -> Self {
+        ActionStatus::Other(0)
+    }
 }
 
 impl From<i64> for ActionStatus {
@@ -301,16 +317,27 @@ impl From<ActionStatus> for i64 {
 }
 
 /// HandshakeResponse payload, client → agent (§6.2).
+///
+/// Read as leniently as the official agent reads it: absent or `null` fields take their zero
+/// values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HandshakeResponse {
     /// Four-part client version.
-    #[serde(rename = "ClientVersion")]
+    #[serde(
+        rename = "ClientVersion",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub client_version: String,
     /// One entry per requested action, in order.
-    #[serde(rename = "ProcessedClientActions")]
+    #[serde(
+        rename = "ProcessedClientActions",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub processed_client_actions: Vec<ProcessedClientAction>,
     /// `null` when empty.
-    #[serde(rename = "Errors")]
+    #[serde(rename = "Errors", default)]
     pub errors: Option<Vec<String>>,
     /// Present only when an ssmx client answers an ssmx agent that offered capabilities.
     #[serde(
@@ -325,16 +352,16 @@ pub struct HandshakeResponse {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct ProcessedClientAction {
     /// The action's type.
-    #[serde(rename = "ActionType")]
+    #[serde(rename = "ActionType", default, deserialize_with = "null_as_default")]
     pub action_type: String,
     /// Outcome.
-    #[serde(rename = "ActionStatus")]
+    #[serde(rename = "ActionStatus", default, deserialize_with = "null_as_default")]
     pub action_status: ActionStatus,
     /// Action-specific result (`null` for SessionType).
-    #[serde(rename = "ActionResult")]
+    #[serde(rename = "ActionResult", default)]
     pub action_result: serde_json::Value,
     /// Error text, `""` on success.
-    #[serde(rename = "Error")]
+    #[serde(rename = "Error", default, deserialize_with = "null_as_default")]
     pub error: String,
 }
 
@@ -381,10 +408,14 @@ impl Serialize for ProcessedClientAction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KmsEncryptionResult {
     /// Base64 KMS ciphertext blob of the data key.
-    #[serde(rename = "KMSCipherTextKey")]
+    #[serde(
+        rename = "KMSCipherTextKey",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub kms_cipher_text_key: String,
     /// Always null.
-    #[serde(rename = "KMSCipherTextHash")]
+    #[serde(rename = "KMSCipherTextHash", default)]
     pub kms_cipher_text_hash: Option<String>,
     /// True when the random challenge went into the encryption context.
     #[serde(

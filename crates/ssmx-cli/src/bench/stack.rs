@@ -170,6 +170,7 @@ impl Api {
             .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
             .credentials_provider(creds)
             .endpoint_url(url)
+            .interceptor(ssmx_client::UniqueSignatures)
             .build();
         Self {
             ssm: aws_sdk_ssm::Client::from_conf(config),
@@ -439,7 +440,7 @@ fn gateway_config(dir: &Path, region: &str, key: &ApiKey, recording: bool) -> St
     let path = |name: &str| toml_string(&dir.join(name).display().to_string());
     format!(
         "listen = \"127.0.0.1:0\"\ndb = {}\nregion = {}\nrecording = {recording}\n\
-         recordings_dir = {}\ndocuments_dir = {}\n\n\
+         record_port_sessions = {recording}\nrecordings_dir = {}\ndocuments_dir = {}\n\n\
          [[credentials]]\naccess_key_id = {}\nsecret_access_key = {}\nuser = {}\n",
         path("gateway.db"),
         toml_string(region),

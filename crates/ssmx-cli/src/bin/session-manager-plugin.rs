@@ -3,6 +3,8 @@
 //! texts and exit statuses, for shell, port-forwarding and SSH documents.
 #![forbid(unsafe_code)]
 
+#[path = "../logging.rs"]
+mod logging;
 #[path = "../client/ui/mod.rs"]
 mod ui;
 
@@ -171,7 +173,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing();
+    // No verbosity option: the official plugin has none.
+    logging::init(0);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -187,17 +190,6 @@ fn main() -> ExitCode {
     }
     // The official plugin exits 0 once a session was attempted, whatever happened.
     ExitCode::SUCCESS
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SSMX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file must stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 async fn run(start: StartArgs, ticket: SessionTicket, target: String) -> anyhow::Result<()> {

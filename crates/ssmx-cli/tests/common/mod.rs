@@ -49,6 +49,14 @@ pub struct Stack {
 /// Kills (SIGTERM, then SIGKILL) and reaps a child process when dropped.
 pub struct ChildGuard(pub Child, pub &'static str);
 
+impl ChildGuard {
+    /// Kills the process at once (SIGKILL: it says goodbye to nobody) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         terminate(&mut self.0);
@@ -212,8 +220,21 @@ impl Stack {
             .region(aws_sdk_ssm::config::Region::new(REGION))
             .credentials_provider(creds)
             .endpoint_url(&self.url)
+            .interceptor(ssmx_client::UniqueSignatures)
             .build();
         aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// Kills the agent process, as a crash would.
+    pub fn kill_agent(&mut self) {
+        if let Some(agent) = &mut self.agent {
+            agent.kill();
+        }
+    }
+
+    /// Kills the gateway process, as a crash would.
+    pub fn kill_gateway(&mut self) {
+        self.gateway.kill();
     }
 
     /// The agent's process id, if it runs.
@@ -368,6 +389,22 @@ pub fn echo_server() -> u16 {
             std::thread::spawn(move || {
                 let mut reader = conn.try_clone().unwrap();
                 let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    port
+}
+
+/// A TCP server on 127.0.0.1 that sends pattern bytes to each connection until it goes away.
+pub fn endless_source() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let chunk = pattern(64 * 1024, 5);
+                while conn.write_all(&chunk).is_ok() {}
             });
         }
     });

@@ -1,16 +1,16 @@
 //! The interactive terminal for shell sessions (Standard_Stream, InteractiveCommands, and the
-//! output of NonInteractiveCommands): raw keyboard in, remote output out, resizes, escapes.
+//! output of NonInteractiveCommands): keyboard in, remote output out, resizes, escapes.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use ssmx_client::{Session, SessionEnd, SessionEvent, SessionReader, SessionWriter};
+use ssmx_client::{Session, SessionEnd, SessionEvent, SessionReader, SessionType, SessionWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::terminal::{self, EscapeAction, EscapeScanner, RawMode, ESCAPE_HELP};
+use super::terminal::{self, EscapeAction, EscapeScanner, Mode, TerminalMode, ESCAPE_HELP};
 use super::{Termination, Ui, TERMINATE_TIMEOUT};
 
 /// Keyboard read size: a paste arrives in few messages; the channel splits larger ones.
@@ -18,10 +18,10 @@ const STDIN_CHUNK: usize = 16 * 1024;
 /// How often the terminal size is checked when SIGWINCH cannot be watched (the official client
 /// polls every 500 ms).
 const RESIZE_POLL: Duration = Duration::from_millis(500);
-/// Ctrl-C and Ctrl-\ as the bytes a terminal sends (used when stdin is not a terminal and they
-/// arrive as signals).
+/// Ctrl-C, Ctrl-\ and Ctrl-Z as the bytes a terminal sends (used when they arrive as signals).
 const INTERRUPT_BYTE: u8 = 0x03;
 const QUIT_BYTE: u8 = 0x1c;
+const SUSPEND_BYTE: u8 = 0x1a;
 
 /// How an interactive session ended.
 #[derive(Debug)]
@@ -60,12 +60,20 @@ pub async fn run(session: Session, ui: Ui) -> anyhow::Result<ShellOutcome> {
         ui.status(&format!("{message}\n"));
     }
 
-    let raw = RawMode::enable().context("switching the terminal to raw mode")?;
+    // An interactive session has a terminal on the remote side, which shapes the output and
+    // wants every key as typed: raw mode. A command without one prints bare `\n` line ends,
+    // which the local terminal must keep turning into new lines: the official client's mode.
+    let mode = if start.session_type == SessionType::NonInteractiveCommands {
+        Mode::CbreakNoEcho
+    } else {
+        Mode::Raw
+    };
+    let terminal = TerminalMode::enable(mode).context("setting up the terminal")?;
     let (escape_tx, mut escapes) = mpsc::channel(1);
     let mut tasks = JoinSet::new();
     tasks.spawn(keyboard(writer.clone(), ui.escape, escape_tx));
     tasks.spawn(resizes(writer.clone()));
-    if !raw.is_enabled() {
+    if !terminal.signal_keys_are_bytes() {
         tasks.spawn(signals_as_bytes(writer.clone()));
     }
 
@@ -105,7 +113,7 @@ pub async fn run(session: Session, ui: Ui) -> anyhow::Result<ShellOutcome> {
         }
     };
     tasks.abort_all();
-    drop(raw);
+    drop(terminal);
     match ended {
         Some(end) => {
             ui.ended(&session_id, &end);
@@ -154,8 +162,8 @@ async fn end_locally(
     })
 }
 
-/// Keyboard to session. In raw mode Enter is already `\r`; a lone `\n` (piped input) becomes
-/// `\r` as the official client does for keystrokes.
+/// Keyboard to session. In raw mode Enter is already `\r`; a lone `\n` (cbreak mode, piped
+/// input) becomes `\r` as the official client does for keystrokes.
 async fn keyboard(writer: SessionWriter, escape: bool, actions: mpsc::Sender<EscapeAction>) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; STDIN_CHUNK];
@@ -215,17 +223,21 @@ async fn resizes(writer: SessionWriter) {
     }
 }
 
-/// Without raw mode, Ctrl-C / Ctrl-\ arrive as signals: forward them as the bytes a terminal
-/// would have sent (the official client does the same).
+/// Without raw mode, Ctrl-C / Ctrl-\ / Ctrl-Z arrive as signals: forward them as the bytes a
+/// terminal would have sent (the official client does the same).
 async fn signals_as_bytes(writer: SessionWriter) {
-    let (Ok(mut int), Ok(mut quit)) = (signal(SignalKind::interrupt()), signal(SignalKind::quit()))
-    else {
+    let (Ok(mut int), Ok(mut quit), Ok(mut suspend)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::from_raw(nix::libc::SIGTSTP)),
+    ) else {
         return;
     };
     loop {
         let byte = tokio::select! {
             _ = int.recv() => INTERRUPT_BYTE,
             _ = quit.recv() => QUIT_BYTE,
+            _ = suspend.recv() => SUSPEND_BYTE,
         };
         if writer.write(vec![byte]).await.is_err() {
             return;

@@ -1,41 +1,78 @@
-//! The local terminal: raw mode that is always restored, its size, and the `~.` escape.
+//! The local terminal: a session's input mode that is always restored, its size, and the `~.`
+//! escape.
 
 use std::io::IsTerminal;
-use std::sync::Once;
+use std::sync::{Mutex, Once, PoisonError};
+
+use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
 /// Size used when the terminal's cannot be read (the official client's fallback).
 pub const FALLBACK_SIZE: (u16, u16) = (300, 100);
 
-/// Raw mode for as long as this value lives: keys (Ctrl-C, Ctrl-Z, Ctrl-\ included) reach the
-/// remote side as bytes and nothing is echoed locally. Dropping it restores the terminal, on
-/// every path including errors; a panic hook restores it on panics in any task.
-pub struct RawMode {
-    enabled: bool,
+/// The terminal settings from before [`TerminalMode::enable`], for the restore on drop or panic.
+static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
+
+/// How the terminal is set while a session runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Raw: keys (Ctrl-C, Ctrl-Z, Ctrl-\ included) reach the remote side as bytes, nothing is
+    /// echoed locally and output is shown untouched (a remote terminal ends its lines itself).
+    Raw,
+    /// The official client's `stty cbreak -echo`: keys are sent as typed and not echoed, while
+    /// output processing (a `\n` starts a new line) and the signal keys stay on.
+    CbreakNoEcho,
 }
 
-impl RawMode {
-    /// Enables raw mode when stdin is a terminal; otherwise does nothing.
-    pub fn enable() -> std::io::Result<RawMode> {
-        if !std::io::stdin().is_terminal() {
-            return Ok(RawMode { enabled: false });
+/// The terminal in a [`Mode`] for as long as this value lives. Dropping it restores the
+/// terminal, on every path including errors; a panic hook restores it on panics in any task.
+pub struct TerminalMode {
+    /// The mode set; `None` when stdin is not a terminal.
+    mode: Option<Mode>,
+}
+
+impl TerminalMode {
+    /// Sets `mode` when stdin is a terminal; otherwise does nothing.
+    pub fn enable(mode: Mode) -> std::io::Result<TerminalMode> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Ok(TerminalMode { mode: None });
+        }
+        let saved = termios::tcgetattr(&stdin)?;
+        let mut settings = saved.clone();
+        match mode {
+            Mode::Raw => termios::cfmakeraw(&mut settings),
+            Mode::CbreakNoEcho => {
+                settings
+                    .local_flags
+                    .remove(LocalFlags::ICANON | LocalFlags::ECHO);
+                settings.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+                settings.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+            }
         }
         install_panic_hook();
-        crossterm::terminal::enable_raw_mode()?;
-        Ok(RawMode { enabled: true })
+        *SAVED.lock().unwrap_or_else(PoisonError::into_inner) = Some(saved);
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &settings)?;
+        Ok(TerminalMode { mode: Some(mode) })
     }
 
-    /// True when the terminal is in raw mode (so signals arrive as bytes, not as signals).
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
+    /// True when keys that would raise signals arrive as bytes instead (raw mode on a terminal).
+    pub fn signal_keys_are_bytes(&self) -> bool {
+        self.mode == Some(Mode::Raw)
     }
 }
 
-impl Drop for RawMode {
+impl Drop for TerminalMode {
     fn drop(&mut self) {
-        if self.enabled {
-            // Nothing more can be done if restoring fails while unwinding or exiting.
-            let _ = crossterm::terminal::disable_raw_mode();
-        }
+        restore();
+    }
+}
+
+/// Puts back the settings saved by [`TerminalMode::enable`], once.
+fn restore() {
+    let saved = SAVED.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(saved) = saved {
+        // Nothing more can be done if restoring fails while unwinding or exiting.
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &saved);
     }
 }
 
@@ -44,7 +81,7 @@ fn install_panic_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let _ = crossterm::terminal::disable_raw_mode();
+            restore();
             previous(info);
         }));
     });

@@ -1,0 +1,32 @@
+//! Logs on stderr for `ssmx` and `session-manager-plugin`.
+
+use tracing_subscriber::EnvFilter;
+
+/// The variable whose `tracing_subscriber` directives replace the default filter.
+const FILTER_ENV_VAR: &str = "SSMX_LOG";
+/// Target prefixes of this project's code: the `ssmx` command and every `ssmx_*` crate (filter
+/// targets match by prefix), and the plugin binary.
+const OWN_TARGETS: &[&str] = &["ssmx", "session_manager_plugin"];
+
+/// Starts logging to stderr with the directives in `SSMX_LOG`, or else by `verbose`: 0 shows
+/// this project's warnings and other crates' errors only (their warnings, such as the AWS SDK's
+/// about a missing config file, mean nothing to a user of the session); 1, 2 and 3 show every
+/// crate's info, debug and trace messages.
+pub fn init(verbose: u8) {
+    let filter = EnvFilter::try_from_env(FILTER_ENV_VAR).unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => OWN_TARGETS
+                .iter()
+                .fold("error".to_owned(), |d, target| format!("{d},{target}=warn")),
+            1 => "info".to_owned(),
+            2 => "debug".to_owned(),
+            _ => "trace".to_owned(),
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file must stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
