@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::retention::RetentionPolicy;
 use crate::tokens::TOKEN_TTL;
 
 /// Address the gateway listens on when neither the file nor a flag names one.
@@ -30,6 +31,12 @@ pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
 /// before the gateway ends it. The official client retries ResumeSession five times with a
 /// back-off that stays under ~10 s in total, so a minute leaves ample room.
 pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default age limit of recordings.
+pub const DEFAULT_RECORDINGS_MAX_AGE_DAYS: u64 = 30;
+/// Default size limit of all recordings together.
+pub const DEFAULT_RECORDINGS_MAX_TOTAL_MIB: u64 = 10 * 1024;
+/// Default period of the retention sweep.
+pub const DEFAULT_RECORDINGS_SWEEP_SECONDS: u64 = 600;
 
 /// Where the SQLite state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +131,17 @@ pub struct Config {
     pub recordings_dir: Option<PathBuf>,
     /// Turn relay recording off (on by default).
     pub recording: Option<bool>,
+    /// Record the bytes of port-forwarding sessions too (off by default: they can be large and
+    /// are rarely wanted). A session document's `ssmxRecording` input overrides this either way.
+    #[serde(default)]
+    pub record_port_sessions: bool,
+    /// Recordings older than this many days are deleted (default 30; 0 keeps them forever).
+    pub recordings_max_age_days: Option<u64>,
+    /// The recordings together are kept within this many MiB, the oldest deleted first
+    /// (default 10240; 0: no limit).
+    pub recordings_max_total_mib: Option<u64>,
+    /// How often retention runs, in seconds (default 600).
+    pub recordings_sweep_seconds: Option<u64>,
     /// Seconds a session waits for a dropped client to resume.
     pub disconnect_timeout_seconds: Option<u64>,
     /// Seconds a started session waits for its client to open the data channel before it
@@ -134,6 +152,11 @@ pub struct Config {
     pub credentials: Vec<ApiCredential>,
     /// HTTPS when present.
     pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on an address other than loopback. Off by default: without TLS anyone
+    /// who can read the link can replay signed requests within their 15-minute window and read
+    /// session tokens, so the gateway refuses to start that way unless this says so.
+    #[serde(default)]
+    pub allow_plaintext_on_network: bool,
     /// The key service for encrypted sessions.
     #[serde(default)]
     pub kms: KmsConfig,
@@ -246,6 +269,28 @@ impl Config {
         match &self.recordings_dir {
             Some(dir) => Ok(dir.clone()),
             None => Ok(data_dir()?.join("recordings")),
+        }
+    }
+
+    /// What retention keeps of the recordings.
+    pub fn retention(&self) -> RetentionPolicy {
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        RetentionPolicy {
+            max_age: nonzero(
+                self.recordings_max_age_days
+                    .unwrap_or(DEFAULT_RECORDINGS_MAX_AGE_DAYS),
+            )
+            .map(|days| Duration::from_secs(days * 86_400)),
+            max_total_bytes: nonzero(
+                self.recordings_max_total_mib
+                    .unwrap_or(DEFAULT_RECORDINGS_MAX_TOTAL_MIB),
+            )
+            .map(|mib| mib << 20),
+            sweep_every: Duration::from_secs(
+                self.recordings_sweep_seconds
+                    .unwrap_or(DEFAULT_RECORDINGS_SWEEP_SECONDS)
+                    .max(1),
+            ),
         }
     }
 

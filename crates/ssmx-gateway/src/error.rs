@@ -39,6 +39,16 @@ pub enum ErrorCode {
     InvalidInstanceId,
     /// Activation id/code wrong, expired or used up.
     InvalidActivation,
+    /// SendCommand's parameters do not fit the document.
+    InvalidParameters,
+    /// No such (command, instance) pair.
+    InvocationDoesNotExist,
+    /// No such command.
+    InvalidCommandId,
+    /// The document has no such plugin or step.
+    InvalidPluginName,
+    /// The request body is over the size limit.
+    RequestEntityTooLarge,
     /// Something broke inside the gateway.
     InternalServerError,
 }
@@ -65,6 +75,11 @@ impl ErrorCode {
             }
             ErrorCode::InvalidInstanceId => "InvalidInstanceId",
             ErrorCode::InvalidActivation => "InvalidActivation",
+            ErrorCode::InvalidParameters => "InvalidParameters",
+            ErrorCode::InvocationDoesNotExist => "InvocationDoesNotExist",
+            ErrorCode::InvalidCommandId => "InvalidCommandId",
+            ErrorCode::InvalidPluginName => "InvalidPluginName",
+            ErrorCode::RequestEntityTooLarge => "RequestEntityTooLargeException",
             ErrorCode::InternalServerError => "InternalServerError",
         }
     }
@@ -74,6 +89,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::MissingAuthenticationToken => StatusCode::FORBIDDEN,
+            ErrorCode::RequestEntityTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         }
     }

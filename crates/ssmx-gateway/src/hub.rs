@@ -33,6 +33,8 @@ pub(crate) struct Settings {
     pub tls: bool,
     /// Where recordings go; `None` disables recording.
     pub recordings_dir: Option<PathBuf>,
+    /// Whether port sessions are recorded when their document does not say.
+    pub record_port_sessions: bool,
     /// How long a session waits for a dropped client.
     pub disconnect_timeout: Duration,
     /// How long a started session waits for its client's first connection.
@@ -86,6 +88,8 @@ pub(crate) struct Hub {
     /// Tracks every task and socket so shutdown can wait for them.
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
+    /// Serialises changes of Run Command state (see [`crate::commands::advance`]).
+    pub commands_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +121,7 @@ impl Hub {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
+            commands_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -138,8 +143,8 @@ impl Hub {
         )
     }
 
-    /// Verifies a signature for `service` (`ssm` or `kms`) made with an API key or an agent
-    /// credential.
+    /// Verifies a signature for `service` (`ssm`, `kms` or `ssmmessages`) made with an API key or
+    /// an agent credential, and says whose it is.
     pub fn authenticate(
         &self,
         parts: RequestParts<'_>,
@@ -148,61 +153,39 @@ impl Hub {
     ) -> Result<Caller, SigV4Error> {
         let mut caller = None;
         let mut lookup_error = None;
-        self.verifier
-            .verify(parts, service, SystemTime::now(), single_use, |akid| {
-                if let Some(cred) = self.api_keys.get(akid) {
-                    caller = Some(Caller::User {
-                        name: cred.user.clone(),
-                        arn: self.user_arn(&cred.user),
-                    });
-                    return Some(cred.secret_access_key.clone());
-                }
-                match self.store.agent_credential(akid) {
-                    Ok(Some((instance_id, secret))) => {
-                        caller = Some(Caller::Agent { instance_id });
-                        Some(secret)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        lookup_error = Some(e);
-                        None
-                    }
-                }
-            })
-            .inspect_err(|_| {
-                if let Some(store_err) = &lookup_error {
-                    tracing::error!(error = %store_err, "credential lookup failed");
-                }
-            })?;
-        Ok(caller.expect("the lookup ran and found the key"))
-    }
-
-    /// Verifies an MGS signature (service `ssmmessages`); only agent credentials are accepted.
-    /// Returns the agent's instance id.
-    pub fn authenticate_agent(
-        &self,
-        parts: RequestParts<'_>,
-        single_use: bool,
-    ) -> Result<String, SigV4Error> {
-        let mut instance = None;
-        self.verifier.verify(
-            parts,
-            "ssmmessages",
-            SystemTime::now(),
-            single_use,
-            |akid| match self.store.agent_credential(akid) {
+        let secret_for = |akid: &str| {
+            if let Some(cred) = self.api_keys.get(akid) {
+                caller = Some(Caller::User {
+                    name: cred.user.clone(),
+                    arn: self.user_arn(&cred.user),
+                });
+                return Some(cred.secret_access_key.clone());
+            }
+            match self.store.agent_credential(akid) {
                 Ok(Some((instance_id, secret))) => {
-                    instance = Some(instance_id);
+                    caller = Some(Caller::Agent { instance_id });
                     Some(secret)
                 }
                 Ok(None) => None,
                 Err(e) => {
-                    tracing::error!(error = %e, "credential lookup failed");
+                    lookup_error = Some(e);
                     None
                 }
-            },
-        )?;
-        Ok(instance.expect("the lookup ran and found the key"))
+            }
+        };
+        let verified = self.verifier.verify(
+            parts,
+            service,
+            &self.settings.region,
+            SystemTime::now(),
+            single_use,
+            secret_for,
+        );
+        if let Some(store_err) = &lookup_error {
+            tracing::error!(error = %store_err, "credential lookup failed");
+        }
+        verified?;
+        Ok(caller.expect("the lookup ran and found the key"))
     }
 
     pub fn tokens(&self) -> MutexGuard<'_, Tokens> {
@@ -256,6 +239,11 @@ impl Hub {
 
     pub fn remove_session(&self, id: &str) {
         lock(&self.sessions).remove(id);
+    }
+
+    /// The ids of the sessions the gateway holds.
+    pub fn live_session_ids(&self) -> std::collections::HashSet<String> {
+        lock(&self.sessions).keys().cloned().collect()
     }
 
     /// Number of live sessions.

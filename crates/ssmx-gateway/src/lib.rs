@@ -33,13 +33,16 @@ pub mod config;
 pub mod documents;
 pub mod error;
 pub mod recording;
+pub mod retention;
 pub mod sigv4;
 pub mod store;
 pub mod tokens;
 
 mod api;
+pub mod commands;
 mod hub;
 mod kms;
+mod malformed;
 mod mgs;
 mod server;
 mod session;
@@ -81,6 +84,9 @@ pub enum GatewayError {
     /// The key service's tables could not be opened.
     #[error("cannot open the key service's tables: {0}")]
     Kms(#[from] ssmx_kms::StoreError),
+    /// Plain HTTP on a network address without `allow_plaintext_on_network`.
+    #[error("refusing to serve plain HTTP on {0}, which is not a loopback address: configure [tls], listen on 127.0.0.1, or set allow_plaintext_on_network = true to accept that signed requests and session tokens cross the network readable and replayable")]
+    PlaintextOnNetwork(SocketAddr),
     /// The listen address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -197,6 +203,15 @@ impl GatewayBuilder {
                 .parse()
                 .expect("valid default address"),
         };
+        if config.tls.is_none() && !addr.ip().is_loopback() {
+            if !config.allow_plaintext_on_network {
+                return Err(GatewayError::PlaintextOnNetwork(addr));
+            }
+            warn!(
+                %addr,
+                "INSECURE: serving plain HTTP on a network address; signed requests and session tokens can be read and replayed by anyone on the path (configure [tls])"
+            );
+        }
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
@@ -215,7 +230,8 @@ impl GatewayBuilder {
                 .unwrap_or_else(|| config::DEFAULT_ACCOUNT_ID.to_owned()),
             public_url: config.public_url.clone(),
             tls: acceptor.is_some(),
-            recordings_dir,
+            recordings_dir: recordings_dir.clone(),
+            record_port_sessions: config.record_port_sessions,
             disconnect_timeout: config
                 .disconnect_timeout_seconds
                 .map(Duration::from_secs)
@@ -235,6 +251,10 @@ impl GatewayBuilder {
         ));
         if config.credentials.is_empty() {
             warn!("no [[credentials]] configured: no API caller can authenticate");
+        }
+        commands::spawn_ticker(hub.clone());
+        if let Some(dir) = recordings_dir {
+            retention::spawn(hub.clone(), dir, config.retention());
         }
         let app = server::router(hub.clone()).into_make_service();
         let stop = hub.shutdown.clone();

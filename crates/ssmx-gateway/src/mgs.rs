@@ -20,10 +20,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
-use crate::hub::{AgentLink, Hub};
+use crate::hub::{AgentLink, Caller, Hub};
+use crate::malformed::{MalformedFrames, Verdict};
 use crate::session::{Role, WRITE_TIMEOUT};
 use crate::sigv4::RequestParts;
 use crate::tokens::Purpose;
+
+/// The SigV4 service name of the MGS endpoints.
+const SERVICE_MGS: &str = "ssmmessages";
 
 /// Largest WebSocket message accepted: the protocol crate's payload limit plus the header.
 pub const MAX_MESSAGE: usize = ssmx_protocol::message::DEFAULT_MAX_PAYLOAD + 120;
@@ -77,6 +81,7 @@ fn access_denied(message: &str) -> MgsError {
     mgs_error(StatusCode::FORBIDDEN, "AccessDeniedException", message)
 }
 
+/// Verifies an MGS signature (service `ssmmessages`) and says whose it is.
 fn authenticate(
     hub: &Hub,
     method: &Method,
@@ -84,20 +89,39 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     single_use: bool,
+) -> Result<Caller, MgsError> {
+    let parts = RequestParts {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    hub.authenticate(parts, SERVICE_MGS, single_use)
+        .map_err(|e| {
+            info!(error = %e, path = uri.path(), "MGS request refused");
+            access_denied(&e.to_string())
+        })
+}
+
+/// Like [`authenticate`], for the calls only agents make; returns the agent's instance id.
+fn authenticate_agent(
+    hub: &Hub,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    single_use: bool,
 ) -> Result<String, MgsError> {
-    hub.authenticate_agent(
-        RequestParts {
-            method,
-            uri,
-            headers,
-            body,
-        },
-        single_use,
-    )
-    .map_err(|e| {
-        info!(error = %e, path = uri.path(), "MGS request refused");
-        access_denied(&e.to_string())
-    })
+    match authenticate(hub, method, uri, headers, body, single_use)? {
+        Caller::Agent { instance_id } => Ok(instance_id),
+        Caller::User { .. } => {
+            info!(
+                path = uri.path(),
+                "MGS agent call signed by an API user refused"
+            );
+            Err(access_denied("only a registered agent may call this"))
+        }
+    }
 }
 
 fn parse_create_input(body: &[u8]) -> Result<CreateChannelInput, MgsError> {
@@ -136,7 +160,7 @@ pub(crate) async fn create_control_channel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let caller = match authenticate(&hub, &method, &uri, &headers, &body, true) {
+    let caller = match authenticate_agent(&hub, &method, &uri, &headers, &body, true) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -161,7 +185,7 @@ pub(crate) async fn create_data_channel(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let caller = match authenticate(&hub, &method, &uri, &headers, &body, true) {
+    let caller = match authenticate_agent(&hub, &method, &uri, &headers, &body, true) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -221,7 +245,7 @@ pub(crate) async fn control_channel_socket(
 ) -> Response {
     // An upgrade grants nothing by itself (the token in the first frame does), and an agent
     // may reconnect within the same second, so upgrades are not single-use.
-    let caller = match authenticate(&hub, &method, &uri, &headers, &[], false) {
+    let caller = match authenticate_agent(&hub, &method, &uri, &headers, &[], false) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
@@ -253,6 +277,37 @@ async fn first_text(socket: &mut WebSocket) -> Result<String, &'static str> {
     }
 }
 
+/// The close frame for a connection that keeps sending malformed frames.
+fn garbage_close() -> CloseFrame {
+    CloseFrame {
+        code: crate::malformed::CLOSE_CODE,
+        reason: crate::malformed::CLOSE_REASON.into(),
+    }
+}
+
+/// What a failed read of a `channel` WebSocket answers the peer: a message over the size limit
+/// is closed with 1009 and the limit, so the peer learns why; other failures (the connection is
+/// gone or broken) leave nothing to say.
+fn read_failed(channel: &'static str, error: &axum::Error) -> Option<CloseFrame> {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    let mut too_big = false;
+    while let Some(e) = cause {
+        let text = e.to_string();
+        too_big |= text.contains("too long") || text.contains("Space limit exceeded");
+        cause = e.source();
+    }
+    if too_big {
+        info!(channel, error = %error, "closing a WebSocket that sent an oversized message");
+        Some(CloseFrame {
+            code: 1009,
+            reason: format!("message larger than {MAX_MESSAGE} bytes").into(),
+        })
+    } else {
+        debug!(channel, error = %error, "WebSocket read failed");
+        None
+    }
+}
+
 async fn refuse(mut socket: WebSocket, reason: &str) {
     info!(reason, "refusing WebSocket");
     let _ = socket
@@ -275,8 +330,11 @@ async fn run_control_channel(hub: Arc<Hub>, instance_id: String, mut socket: Web
     let expected = Purpose::Control {
         instance_id: instance_id.clone(),
     };
-    if hub.tokens().check(&open.token_value, Instant::now()) != Some(&expected) {
-        return refuse(socket, "invalid or expired token").await;
+    let claimed = hub
+        .tokens()
+        .claim(&open.token_value, Instant::now(), |p| p == &expected);
+    if let Err(refusal) = claimed {
+        return refuse(socket, &refusal.to_string()).await;
     }
     let conn_id = hub.next_conn_id();
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(CONTROL_QUEUE);
@@ -302,37 +360,44 @@ async fn run_control_channel(hub: Arc<Hub>, instance_id: String, mut socket: Web
     info!(conn_id, agent_version = %open.agent_version, "control channel open");
     let (mut sink, mut stream) = socket.split();
     let decode = DecodeOptions::default();
-    loop {
+    let mut malformed = MalformedFrames::new("control");
+    let close_frame = loop {
         tokio::select! {
             incoming = stream.next() => {
                 let data = match incoming {
                     Some(Ok(Message::Binary(b))) => b,
                     Some(Ok(Message::Text(t))) => bytes::Bytes::copy_from_slice(t.as_str().as_bytes()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(e)) => { debug!(error = %e, "control channel read failed"); break; }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => break read_failed("control", &e),
                 };
                 let frame = match AgentMessage::decode_with(data, &decode) {
                     Ok(f) => f,
-                    Err(e) => { warn!(error = %e, "dropping malformed control frame"); continue; }
+                    Err(e) => match malformed.record(Instant::now(), &e) {
+                        Verdict::KeepOpen => continue,
+                        Verdict::Close => break Some(garbage_close()),
+                    },
                 };
-                if let Some(reply) = handle_control_frame(&hub, &instance_id, frame) {
+                if let Some(reply) = handle_control_frame(&hub, &instance_id, frame).await {
                     if !write_control(&mut sink, reply).await {
-                        break;
+                        break None;
                     }
                 }
             }
             outgoing = rx.recv() => {
-                let Some(frame) = outgoing else { break };
+                let Some(frame) = outgoing else { break None };
                 if !write_control(&mut sink, frame).await {
-                    break;
+                    break None;
                 }
             }
-            _ = close.cancelled() => break,
-            _ = hub.shutdown.cancelled() => break,
+            _ = close.cancelled() => break None,
+            _ = hub.shutdown.cancelled() => break None,
         }
-    }
+    };
     hub.remove_agent(&instance_id, conn_id);
+    if let Some(frame) = close_frame {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
     let _ = sink.close().await;
     let _ = hub.store.touch_instance(&instance_id);
     let _ = hub
@@ -360,7 +425,11 @@ async fn write_control(
 }
 
 /// Reacts to one frame from an agent's control channel; returns the reply to send, if any.
-fn handle_control_frame(hub: &Hub, instance_id: &str, frame: AgentMessage) -> Option<bytes::Bytes> {
+async fn handle_control_frame(
+    hub: &Hub,
+    instance_id: &str,
+    frame: AgentMessage,
+) -> Option<bytes::Bytes> {
     match frame.message_type {
         MessageType::AgentTaskComplete => {
             let report: AgentTaskComplete = match from_json("agent_task_complete", &frame.payload) {
@@ -395,20 +464,22 @@ fn handle_control_frame(hub: &Hub, instance_id: &str, frame: AgentMessage) -> Op
             )
         }
         MessageType::AgentJobReply => {
-            let reply: serde_json::Value = from_json("agent_job_reply", &frame.payload).ok()?;
-            let job_id = reply.get("jobId").cloned().unwrap_or_default();
-            let ack = serde_json::json!({
-                "jobId": job_id,
-                "acknowledgedMessageId": frame.message_id.hyphenated().to_string(),
-            });
-            Some(
-                AgentMessage::new(
-                    MessageType::AgentJobReplyAck,
-                    PayloadType::Undefined,
-                    to_json(&ack),
-                )
-                .to_bytes(),
-            )
+            let reply = match from_json("agent_job_reply", &frame.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "ignoring malformed agent_job_reply");
+                    return None;
+                }
+            };
+            let message_id = frame.message_id.hyphenated().to_string();
+            crate::commands::on_job_reply(hub, instance_id, message_id, reply).await
+        }
+        MessageType::AgentJobAck => {
+            match from_json("agent_job_ack", &frame.payload) {
+                Ok(ack) => crate::commands::on_job_ack(hub, instance_id, ack).await,
+                Err(e) => warn!(error = %e, "ignoring malformed agent_job_ack"),
+            }
+            None
         }
         other => {
             debug!(message_type = %other, "control frame ignored");
@@ -426,10 +497,12 @@ pub(crate) async fn data_channel_socket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // Agents sign the upgrade; clients present only a token in the first frame.
+    // Agents sign the upgrade. Clients are authenticated by the token in their first frame;
+    // some also sign the upgrade with their user's credentials, which must then verify too.
     let agent = if headers.contains_key(http::header::AUTHORIZATION) {
         match authenticate(&hub, &method, &uri, &headers, &[], false) {
-            Ok(instance) => Some(instance),
+            Ok(Caller::Agent { instance_id }) => Some(instance_id),
+            Ok(Caller::User { .. }) => None,
             Err(r) => return r.into_response(),
         }
     } else {
@@ -462,20 +535,22 @@ async fn run_data_channel(
         Ok(o) => o,
         Err(_) => return refuse(socket, "malformed OpenDataChannel").await,
     };
-    let purpose = hub
-        .tokens()
-        .check(&open.token_value, Instant::now())
-        .cloned();
-    let role = match (purpose, &agent) {
-        (Some(Purpose::ClientData { session_id: s }), None) if s == session_id => Role::Client,
+    let fits = |purpose: &Purpose| match (purpose, &agent) {
+        (Purpose::ClientData { session_id: s }, None) => s == &session_id,
         (
-            Some(Purpose::AgentData {
+            Purpose::AgentData {
                 session_id: s,
                 instance_id,
-            }),
+            },
             Some(signer),
-        ) if s == session_id && &instance_id == signer => Role::Agent,
-        _ => return refuse(socket, "invalid or expired token").await,
+        ) => s == &session_id && instance_id == signer,
+        _ => false,
+    };
+    let claimed = hub.tokens().claim(&open.token_value, Instant::now(), fits);
+    let role = match claimed {
+        Ok(Purpose::AgentData { .. }) => Role::Agent,
+        Ok(_) => Role::Client,
+        Err(refusal) => return refuse(socket, &refusal.to_string()).await,
     };
     let Some(session) = hub.session(&session_id).filter(|s| !s.is_ended()) else {
         return refuse(socket, SESSION_TERMINATED).await;
@@ -486,16 +561,21 @@ async fn run_data_channel(
         return;
     }
     debug!(conn_id, ?role, client_id = %open.client_id, "data channel attached");
-    loop {
+    let mut malformed = MalformedFrames::new("data");
+    let close = loop {
         tokio::select! {
             incoming = stream.next() => match incoming {
-                Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => session.relay(role, msg).await,
+                Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
+                    if session.relay(role, msg, &mut malformed).await == Verdict::Close {
+                        break Some(garbage_close());
+                    }
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => { debug!(error = %e, "data channel read failed"); break; }
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(e)) => break read_failed("data", &e),
             },
-            _ = session.cancel.cancelled() => break,
+            _ = session.cancel.cancelled() => break None,
         }
-    }
-    session.send_event(crate::session::Event::Detached(role, conn_id));
+    };
+    session.send_event(crate::session::Event::Detached(role, conn_id, close));
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use rustls_pki_types::pem::PemObject as _;
@@ -17,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
 use crate::{api, mgs};
 
@@ -39,7 +42,46 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
             get(mgs::data_channel_socket).post(mgs::create_data_channel),
         )
         .layer(DefaultBodyLimit::max(api::MAX_API_BODY))
+        .layer(axum::middleware::map_response(aws_shaped_refusals))
         .with_state(hub)
+}
+
+/// Rewrites the refusals the HTTP layer makes by itself (a body over the limit, an unknown path
+/// or method, a malformed upgrade), which come as plain text, into the AWS JSON error shape that
+/// SDKs parse. Answers the handlers made (JSON or XML) pass unchanged.
+async fn aws_shaped_refusals(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::RequestEntityTooLarge,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorCode::UnknownOperation,
+        _ => ErrorCode::Validation,
+    };
+    let message = match code {
+        ErrorCode::RequestEntityTooLarge => format!(
+            "the request body is larger than the gateway's limit of {} bytes",
+            api::MAX_API_BODY
+        ),
+        ErrorCode::UnknownOperation => "no operation is served at this path and method".into(),
+        _ => {
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap_or_default();
+            String::from_utf8_lossy(&body).trim().to_owned()
+        }
+    };
+    let mut answer = ApiError::new(code, message).into_response();
+    if code == ErrorCode::Validation {
+        *answer.status_mut() = status;
+    }
+    answer
 }
 
 /// Why TLS could not be set up.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
 use crate::hub::Hub;
+use crate::malformed::{MalformedFrames, Verdict};
 use crate::recording::Recorder;
 use crate::store::status;
 
@@ -88,7 +89,8 @@ impl Role {
 #[derive(Debug)]
 pub(crate) enum Event {
     Attached(Role, u64),
-    Detached(Role, u64),
+    /// The connection ended (with the close frame to send it, when the reader chose one).
+    Detached(Role, u64, Option<CloseFrame>),
     AgentState(String),
     TaskComplete {
         status: String,
@@ -144,8 +146,9 @@ impl Side {
     }
 
     /// Takes the writer of connection `conn_id` off this side (if it is still the attached one)
-    /// and closes its socket; what it had not written stays queued.
-    async fn detach(&self, conn_id: u64) {
+    /// and closes its socket, with `close` as the close frame when given; what it had not
+    /// written stays queued.
+    async fn detach(&self, conn_id: u64, close: Option<CloseFrame>) {
         let writer = {
             let mut outlet = self.lock();
             match &outlet.writer {
@@ -154,7 +157,7 @@ impl Side {
             }
         };
         if let Some(writer) = writer {
-            stop_writer(writer).await;
+            stop_writer(writer, close).await;
         }
     }
 
@@ -191,7 +194,7 @@ impl Side {
         self.space.notify_waiters();
         let Some(mut writer) = writer else { return };
         self.ready.notify_one();
-        if !join_writer(&mut writer, CLOSE_FLUSH_TIMEOUT).await {
+        if !join_writer(&mut writer, CLOSE_FLUSH_TIMEOUT, None).await {
             warn!(
                 conn_id = writer.conn_id,
                 frames = self.lock().queue.len(),
@@ -202,18 +205,28 @@ impl Side {
 }
 
 /// Stops a writer and closes its socket.
-async fn stop_writer(mut writer: SocketWriter) {
+async fn stop_writer(mut writer: SocketWriter, close: Option<CloseFrame>) {
     writer.stop.cancel();
-    join_writer(&mut writer, CLOSE_TIMEOUT).await;
+    join_writer(&mut writer, CLOSE_TIMEOUT, close).await;
 }
 
 /// Waits up to `limit` for a writer's task to end and closes the socket it hands back (one that
-/// failed or was stopped before its close frame); past the limit the task is aborted. False
-/// when it was aborted.
-async fn join_writer(writer: &mut SocketWriter, limit: Duration) -> bool {
+/// failed or was stopped before its close frame), sending `close` first when given; past the
+/// limit the task is aborted. False when it was aborted.
+async fn join_writer(
+    writer: &mut SocketWriter,
+    limit: Duration,
+    close: Option<CloseFrame>,
+) -> bool {
     match tokio::time::timeout(limit, &mut writer.task).await {
         Ok(Ok(Some(mut sink))) => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if let Some(frame) = close {
+                    sink.send(Message::Close(Some(frame))).await?;
+                }
+                sink.close().await
+            })
+            .await;
             true
         }
         Ok(_) => true,
@@ -296,7 +309,7 @@ async fn write_queue(
                         timed_out = result.is_err(),
                         "write failed; socket detached"
                     );
-                    session.send_event(Event::Detached(role, conn_id));
+                    session.send_event(Event::Detached(role, conn_id, None));
                 }
                 return None;
             }
@@ -468,7 +481,7 @@ impl Session {
             match replaced {
                 Some(old) => {
                     debug!(role = role.as_str(), old = old.conn_id, "replacing socket");
-                    stop_writer(old).await;
+                    stop_writer(old, None).await;
                 }
                 None => {
                     let _ = sink.close().await;
@@ -519,19 +532,22 @@ impl Session {
         }
     }
 
-    /// Relays one frame read from `from`'s socket.
-    pub async fn relay(&self, from: Role, msg: Message) {
+    /// Relays one frame read from `from`'s socket; one that does not decode is dropped and
+    /// counted in `malformed`, whose verdict is returned.
+    pub async fn relay(
+        &self,
+        from: Role,
+        msg: Message,
+        malformed: &mut MalformedFrames,
+    ) -> Verdict {
         let data = match &msg {
             Message::Binary(b) => b.clone(),
             Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
-            _ => return,
+            _ => return Verdict::KeepOpen,
         };
         let frame = match AgentMessage::decode_with(data, &relay_decode_options()) {
             Ok(frame) => frame,
-            Err(e) => {
-                warn!(from = from.as_str(), error = %e, "dropping malformed frame");
-                return;
-            }
+            Err(e) => return malformed.record(Instant::now(), &e),
         };
         match (from, &frame.message_type) {
             (Role::Agent, MessageType::AgentSessionState) => {
@@ -541,10 +557,10 @@ impl Session {
                 ) {
                     Ok(state) => {
                         self.send_event(Event::AgentState(state.session_state));
+                        return Verdict::KeepOpen;
                     }
-                    Err(e) => warn!(error = %e, "ignoring malformed agent_session_state"),
+                    Err(e) => return malformed.record(Instant::now(), &e),
                 }
-                return;
             }
             (Role::Agent, MessageType::OutputStreamData) => {
                 self.touch();
@@ -579,6 +595,7 @@ impl Session {
             self.last_from_agent_ms
                 .store(self.since_created(), Ordering::Relaxed);
         }
+        Verdict::KeepOpen
     }
 }
 
@@ -690,12 +707,12 @@ impl Supervisor {
                     }
                 }
             }
-            Event::Detached(Role::Client, id) => {
+            Event::Detached(Role::Client, id, close) => {
                 if self.client_conn == Some(id) {
                     info!(conn_id = id, "client detached");
                     self.client_conn = None;
                     self.client_lost_at = Some(Instant::now());
-                    s.client.detach(id).await;
+                    s.client.detach(id, close).await;
                     self.set_status(status::DISCONNECTED);
                     if self.agent_conn.is_some() {
                         s.notify_side(
@@ -717,11 +734,11 @@ impl Supervisor {
                     );
                 }
             }
-            Event::Detached(Role::Agent, id) => {
+            Event::Detached(Role::Agent, id, close) => {
                 if self.agent_conn == Some(id) {
                     info!(conn_id = id, "agent detached");
                     self.agent_conn = None;
-                    s.agent.detach(id).await;
+                    s.agent.detach(id, close).await;
                     if let Some((end, _)) = self.pending_end.take() {
                         return Some(end);
                     }

@@ -9,13 +9,13 @@
 //! Read-only and idempotent requests skip that check: replaying them yields nothing the original
 //! response did not.
 //!
-//! A signature covers the request's content and its one-second timestamp, so two genuinely
-//! distinct calls with the same parameters made within one second carry the same signature (the
-//! AWS SDKs run many in parallel). They differ in the unsigned `amz-sdk-invocation-id` header
-//! the SDKs add to every call, so the replay key is the signature together with that header: a
-//! verbatim replay is refused; distinct SDK invocations are not. A refused replay answers
-//! `ThrottlingException`, which SDKs retry with a fresh signature. Against an attacker able to
-//! capture and alter requests in flight, TLS (`[tls]`) is the protection.
+//! The replay key is the signature alone: headers the SDKs leave unsigned (such as
+//! `amz-sdk-invocation-id`) can be rewritten by whoever captured the request, so they must not
+//! make a used signature acceptable again. A signature covers the request's content and its
+//! one-second timestamp, so two honest calls with the same parameters made within the same second
+//! carry the same signature too; the second one is refused with `ThrottlingException`, which the
+//! SDKs retry with a fresh signature. Against an attacker able to read requests in flight, TLS
+//! (`[tls]`) is the protection.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
@@ -37,8 +37,6 @@ pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const MAX_REMEMBERED_SIGNATURES: usize = 262_144;
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
-/// Unsigned header the AWS SDKs set to a fresh UUID for every logical call.
-const INVOCATION_ID_HEADER: &str = "amz-sdk-invocation-id";
 const DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// What a verified signature proves.
@@ -66,6 +64,14 @@ pub enum SigV4Error {
         found: String,
         /// Service this endpoint serves.
         expected: &'static str,
+    },
+    /// Signed for another region.
+    #[error("Credential should be scoped to a valid region, not {found:?}; this endpoint serves {expected:?}")]
+    WrongRegion {
+        /// Region in the credential scope.
+        found: String,
+        /// Region this endpoint serves.
+        expected: String,
     },
     /// The access key id is not known.
     #[error("the security token included in the request is invalid (unknown access key {0})")]
@@ -100,7 +106,9 @@ impl SigV4Error {
                 ErrorCode::IncompleteSignature
             }
             SigV4Error::UnknownKey(_) => ErrorCode::UnrecognizedClient,
-            SigV4Error::Expired { .. } | SigV4Error::Mismatch => ErrorCode::InvalidSignature,
+            SigV4Error::Expired { .. } | SigV4Error::Mismatch | SigV4Error::WrongRegion { .. } => {
+                ErrorCode::InvalidSignature
+            }
             // A retryable code: an SDK that happened to sign two identical requests within the
             // same second retries with a fresh signature, while a replayed capture is refused.
             SigV4Error::Replayed | SigV4Error::Busy => ErrorCode::Throttling,
@@ -215,13 +223,14 @@ impl Verifier {
         Self::default()
     }
 
-    /// Verifies `request` as signed for `service` at `now`; `secret_for` maps an access key id to
-    /// its secret. With `single_use`, the signature is remembered on success and refused if
-    /// presented again.
+    /// Verifies `request` as signed for `service` in `region` at `now`; `secret_for` maps an
+    /// access key id to its secret. With `single_use`, the signature is remembered on success and
+    /// refused if presented again, whatever the request's unsigned headers say.
     pub fn verify(
         &self,
         request: RequestParts<'_>,
         service: &'static str,
+        region: &str,
         now: SystemTime,
         single_use: bool,
         secret_for: impl FnOnce(&str) -> Option<String>,
@@ -237,6 +246,12 @@ impl Verifier {
             return Err(SigV4Error::WrongService {
                 found: auth.service.to_owned(),
                 expected: service,
+            });
+        }
+        if auth.region != region {
+            return Err(SigV4Error::WrongRegion {
+                found: auth.region.to_owned(),
+                expected: region.to_owned(),
             });
         }
         let amz_date = request
@@ -275,13 +290,7 @@ impl Verifier {
             return Err(SigV4Error::Mismatch);
         }
         if single_use {
-            let invocation = request
-                .headers
-                .get(INVOCATION_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let key = format!("{}/{invocation}", auth.signature);
-            self.remember(&key, signed_at + SIGNATURE_WINDOW, now)?;
+            self.remember(auth.signature, signed_at + SIGNATURE_WINDOW, now)?;
         }
         Ok(Verified {
             access_key_id: auth.access_key_id.to_owned(),
@@ -433,7 +442,7 @@ mod tests {
             headers,
             body,
         };
-        v.verify(parts, "ssm", now, true, |k| {
+        v.verify(parts, "ssm", "us-east-1", now, true, |k| {
             (k == KEY).then(|| SECRET.to_owned())
         })
     }
@@ -445,6 +454,41 @@ mod tests {
         let v = Verifier::new();
         assert_eq!(check(&v, &h, &u, b"{}", now).unwrap().access_key_id, KEY);
         assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Replayed));
+    }
+
+    #[test]
+    fn a_replay_with_new_unsigned_headers_is_still_refused() {
+        let now = SystemTime::now();
+        let (mut h, u) = signed(b"{}", now, SECRET);
+        let v = Verifier::new();
+        h.insert("amz-sdk-invocation-id", "first".parse().unwrap());
+        check(&v, &h, &u, b"{}", now).unwrap();
+        h.insert("amz-sdk-invocation-id", "second".parse().unwrap());
+        h.insert("user-agent", "replayer".parse().unwrap());
+        assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Replayed));
+        assert_eq!(SigV4Error::Replayed.code(), ErrorCode::Throttling);
+    }
+
+    #[test]
+    fn refuses_another_region() {
+        let now = SystemTime::now();
+        let (h, u) = signed(b"{}", now, SECRET);
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri: &u,
+            headers: &h,
+            body: b"{}",
+        };
+        let refused = Verifier::new()
+            .verify(parts, "ssm", "eu-west-1", now, false, |_| {
+                Some(SECRET.into())
+            })
+            .unwrap_err();
+        assert!(
+            matches!(refused, SigV4Error::WrongRegion { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(refused.code(), ErrorCode::InvalidSignature);
     }
 
     #[test]

@@ -333,6 +333,7 @@ impl Store {
             }
         };
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::commands::store::SCHEMA)?;
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -340,7 +341,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -3,7 +3,10 @@
 //!
 //! A token is 256 random bits, bound to one purpose (control channel of an instance, agent or
 //! client side of one session), expires, and is replaced (the old one stops working) when a new
-//! one is issued for the same purpose. Ending a session revokes its tokens.
+//! one is issued for the same purpose. A token opens one connection: a second WebSocket
+//! presenting it is refused, so a leaked token cannot take over a live channel (reconnecting
+//! takes a new token: ResumeSession for clients, CreateDataChannel or CreateControlChannel for
+//! agents, as the official ends do). Ending a session revokes its tokens.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -53,6 +56,21 @@ impl Purpose {
 struct Entry {
     purpose: Purpose,
     expires: Instant,
+    /// Set once a connection opened with it.
+    used: bool,
+}
+
+/// Why a token did not open a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// Unknown, expired, revoked, or for something else.
+    #[error("invalid or expired token")]
+    Invalid,
+    /// It already opened its connection.
+    #[error(
+        "this token already opened a connection; reconnecting needs a new token (ResumeSession)"
+    )]
+    AlreadyUsed,
 }
 
 /// The live tokens.
@@ -75,17 +93,30 @@ impl Tokens {
             Entry {
                 purpose,
                 expires: now + TOKEN_TTL,
+                used: false,
             },
         );
         value
     }
 
-    /// What `value` opens, if it is live.
-    pub fn check(&self, value: &str, now: Instant) -> Option<&Purpose> {
-        self.by_value
-            .get(value)
-            .filter(|e| e.expires > now)
-            .map(|e| &e.purpose)
+    /// Opens a connection with `value` if it is live, unused and `fits` its purpose; it cannot
+    /// open another one afterwards.
+    pub fn claim(
+        &mut self,
+        value: &str,
+        now: Instant,
+        fits: impl FnOnce(&Purpose) -> bool,
+    ) -> Result<Purpose, TokenRefusal> {
+        let entry = self
+            .by_value
+            .get_mut(value)
+            .filter(|e| e.expires > now && fits(&e.purpose))
+            .ok_or(TokenRefusal::Invalid)?;
+        if entry.used {
+            return Err(TokenRefusal::AlreadyUsed);
+        }
+        entry.used = true;
+        Ok(entry.purpose.clone())
     }
 
     /// Revokes every token of a session.
@@ -117,13 +148,15 @@ mod tests {
         let client = Purpose::ClientData {
             session_id: "s1".into(),
         };
+        let any = |_: &Purpose| true;
         let first = t.issue(client.clone(), now);
         assert!(first.len() >= 43);
-        assert_eq!(t.check(&first, now), Some(&client));
         let second = t.issue(client.clone(), now);
-        assert_eq!(t.check(&first, now), None);
-        assert_eq!(t.check(&second, now), Some(&client));
-        assert_eq!(t.check(&second, now + TOKEN_TTL), None);
+        assert_eq!(t.claim(&first, now, any), Err(TokenRefusal::Invalid));
+        assert_eq!(
+            t.claim(&second, now + TOKEN_TTL, any),
+            Err(TokenRefusal::Invalid)
+        );
         let ctl = t.issue(
             Purpose::Control {
                 instance_id: "mi-1".into(),
@@ -131,7 +164,26 @@ mod tests {
             now,
         );
         t.revoke_session("s1");
-        assert_eq!(t.check(&second, now), None);
-        assert!(t.check(&ctl, now).is_some());
+        assert_eq!(t.claim(&second, now, any), Err(TokenRefusal::Invalid));
+        assert!(t.claim(&ctl, now, any).is_ok());
+    }
+
+    #[test]
+    fn a_token_opens_one_connection_for_its_purpose_only() {
+        let mut t = Tokens::default();
+        let now = Instant::now();
+        let client = Purpose::ClientData {
+            session_id: "s1".into(),
+        };
+        let token = t.issue(client.clone(), now);
+        let is_control = |p: &Purpose| matches!(p, Purpose::Control { .. });
+        assert_eq!(t.claim(&token, now, is_control), Err(TokenRefusal::Invalid));
+        assert_eq!(t.claim(&token, now, |p| p == &client), Ok(client.clone()));
+        assert_eq!(
+            t.claim(&token, now, |p| p == &client),
+            Err(TokenRefusal::AlreadyUsed)
+        );
+        let resumed = t.issue(client.clone(), now);
+        assert_eq!(t.claim(&resumed, now, |p| p == &client), Ok(client));
     }
 }

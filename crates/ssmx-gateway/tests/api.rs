@@ -458,3 +458,52 @@ async fn agent_credentials_update_their_instance_only() {
     assert!(online.instance_information_list().is_empty());
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn refusals_of_the_http_layer_are_aws_shaped() {
+    let (gateway, _cred) = start_gateway("shape", None).await;
+    let http = reqwest::Client::new();
+    // One byte over the SSM API's 1 MiB body limit.
+    let too_big = vec![b' '; 1024 * 1024 + 1];
+    let resp = http
+        .post(format!("{}/", gateway.url()))
+        .header("x-amz-target", "AmazonSSM.DescribeSessions")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(too_big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["__type"], "RequestEntityTooLargeException");
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+
+    for resp in [
+        http.get(format!("{}/", gateway.url()))
+            .send()
+            .await
+            .unwrap(),
+        http.get(format!("{}/no/such/path", gateway.url()))
+            .send()
+            .await
+            .unwrap(),
+        // A data-channel GET that is no WebSocket upgrade.
+        http.get(format!("{}/v1/data-channel/s-1", gateway.url()))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        let status = resp.status();
+        assert!(status.is_client_error(), "{status}");
+        let body: serde_json::Value = resp.json().await.expect("a JSON error body");
+        assert!(
+            body["__type"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert!(body["message"].as_str().is_some(), "{body}");
+    }
+    gateway.shutdown().await;
+}

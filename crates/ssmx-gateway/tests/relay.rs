@@ -11,6 +11,8 @@ use ssmx_protocol::payload::{
     to_json, AgentSessionState, AgentTaskComplete, ChannelClosed, TerminalSize,
 };
 use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
+use std::time::SystemTime;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -295,6 +297,101 @@ async fn tokens_are_bound_to_session_and_role() {
 }
 
 #[tokio::test]
+async fn a_token_in_use_cannot_open_a_second_connection() {
+    let (gateway, cred) = start_gateway("dora", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let started = start_session(&ssm, &agent, None).await;
+    let stream_url = started.stream_url().unwrap();
+    let token = started.token_value().unwrap();
+    let mut client = open_client_data_channel(stream_url, token).await;
+    expect_interactive_shell(&mut ctl).await;
+    let mut agent_ws =
+        open_agent_data_channel(&gateway, &agent, started.session_id().unwrap()).await;
+
+    // A second socket with the live token is refused with a reason; the first keeps the session.
+    let mut intruder = open_client_data_channel(stream_url, token).await;
+    let reason = expect_policy_close(&mut intruder).await;
+    assert!(reason.contains("already opened"), "{reason}");
+    let frame = stream_frame(MessageType::OutputStreamData, 0, b"still mine");
+    agent_ws.send(Message::binary(frame.clone())).await.unwrap();
+    assert_eq!(next_binary(&mut client).await, frame);
+
+    // Nor can the agent's token be presented twice, even by the agent itself.
+    let path = format!(
+        "/v1/data-channel/{}?role=publish_subscribe",
+        started.session_id().unwrap()
+    );
+    let body = serde_json::json!({"MessageSchemaVersion": "1.0", "RequestId": "r", "ClientId": ""});
+    let (status, created) = agent
+        .mgs_post(
+            gateway.url(),
+            &format!("/v1/data-channel/{}", started.session_id().unwrap()),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let agent_token = ssmx_protocol::payload::parse_create_channel_output_xml(&created).unwrap();
+    let open = serde_json::json!({"MessageSchemaVersion":"1.0","RequestId":"x","TokenValue":agent_token,"ClientInstanceId":agent.instance_id,"ClientId":""});
+    let mut first = agent.signed_ws(gateway.url(), &path).await;
+    first.send(Message::text(open.to_string())).await.unwrap();
+    let mut second = agent.signed_ws(gateway.url(), &path).await;
+    second.send(Message::text(open.to_string())).await.unwrap();
+    let reason = expect_policy_close(&mut second).await;
+    assert!(reason.contains("already opened"), "{reason}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_may_sign_its_upgrade_with_its_user_credentials() {
+    let (gateway, cred) = start_gateway("sigrid", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let started = start_session(&ssm, &agent, None).await;
+    let path = url::Url::parse(started.stream_url().unwrap()).unwrap();
+    let path = format!("{}?{}", path.path(), path.query().unwrap_or_default());
+
+    // A wrong secret is refused at the upgrade.
+    let http_url = format!("{}{path}", gateway.url()).replacen("http://", "ws://", 1);
+    let signed = sign_headers(
+        "GET",
+        &format!("{}{path}", gateway.url()),
+        &[],
+        b"",
+        &Signer {
+            service: "ssmmessages",
+            key: &cred.access_key_id,
+            secret: "not-the-secret",
+            at: SystemTime::now(),
+        },
+    );
+    let mut request = http_url.into_client_request().unwrap();
+    for (k, v) in signed {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+
+    // The user's own signature is accepted alongside the token, as a client.
+    let ws = signed_ws(
+        gateway.url(),
+        &path,
+        &cred.access_key_id,
+        &cred.secret_access_key,
+    )
+    .await;
+    let _client = send_client_open(ws, started.token_value().unwrap()).await;
+    let task = expect_interactive_shell(&mut ctl).await;
+    assert_eq!(task.session_id, started.session_id().unwrap());
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn gateway_shutdown_closes_sessions_with_a_reason() {
     let (gateway, cred) = start_gateway("erin", None).await;
     let ssm = ssm_client(gateway.url(), &cred);
@@ -320,6 +417,7 @@ async fn a_client_that_does_not_resume_ends_the_session() {
     let gateway = ssmx_gateway::Gateway::builder()
         .config(ssmx_gateway::config::Config {
             disconnect_timeout_seconds: Some(1),
+            record_port_sessions: true,
             ..Default::default()
         })
         .listen("127.0.0.1:0".parse().unwrap())
@@ -673,6 +771,108 @@ async fn an_agent_that_stays_after_terminating_is_closed_after_its_grace() {
     assert_eq!(
         (record.status.as_str(), record.details.as_str()),
         ("Terminated", "the session ended on the target")
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn port_sessions_are_not_recorded_unless_asked_and_retention_runs_while_serving() {
+    let rec = tempfile::tempdir().unwrap();
+    // An old recording of an earlier run, and one too many for the size limit.
+    let old = rec.path().join("old-session.cast");
+    std::fs::write(&old, b"{}\n").unwrap();
+    let month_ago = SystemTime::now() - std::time::Duration::from_secs(40 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let big = rec.path().join("big-session.log");
+    std::fs::write(&big, vec![0u8; 2 << 20]).unwrap();
+    let keep = rec.path().join("notes.txt");
+    std::fs::write(&keep, b"not a recording").unwrap();
+
+    let cred = ssmx_gateway::config::ApiCredential::generate("rhea");
+    let config: ssmx_gateway::config::Config = toml::from_str(
+        "recordings_max_age_days = 30\nrecordings_max_total_mib = 1\nrecordings_sweep_seconds = 1",
+    )
+    .unwrap();
+    let gateway = ssmx_gateway::Gateway::builder()
+        .config(config)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .database(ssmx_gateway::config::Database::Memory)
+        .credential(cred.clone())
+        .recordings_dir(rec.path())
+        .start()
+        .await
+        .unwrap();
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let port = start_wired_session(
+        &gateway,
+        &ssm,
+        &agent,
+        &mut ctl,
+        Some("AWS-StartPortForwardingSession"),
+    )
+    .await;
+    let shell = start_wired_session(&gateway, &ssm, &agent, &mut ctl, None).await;
+
+    // Retention removed the old and the oversized recordings, kept what is no recording.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while old.exists() || big.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(keep.exists());
+    // The live shell session's recording stays; the port session has none.
+    assert!(rec
+        .path()
+        .join(format!("{}.cast", shell.session_id))
+        .exists());
+    assert!(!rec.path().join(format!("{}.log", port.session_id)).exists());
+    let record = gateway.store().session(&port.session_id).unwrap().unwrap();
+    assert_eq!(record.recording, None);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_complete_forged_by_another_instance_is_ignored() {
+    let (gateway, cred) = start_gateway("vera", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let victim = register_agent(&gateway).await;
+    let forger = register_agent(&gateway).await;
+    let mut victim_ctl = open_control_channel(&gateway, &victim).await;
+    let mut forger_ctl = open_control_channel(&gateway, &forger).await;
+    let mut w = start_wired_session(&gateway, &ssm, &victim, &mut victim_ctl, None).await;
+
+    // The forger claims the victim's session is over, naming either instance.
+    for claimed in [&victim.instance_id, &forger.instance_id] {
+        forger_ctl
+            .ws
+            .send(Message::binary(task_complete(&w.session_id, claimed)))
+            .await
+            .unwrap();
+        // Acknowledged like any report, so the forger learns nothing, but without effect.
+        let ack = next_message(&mut forger_ctl.ws).await;
+        assert_eq!(ack.message_type, MessageType::AgentTaskAcknowledge);
+    }
+    let frame = stream_frame(MessageType::OutputStreamData, 0, b"still running");
+    w.agent.send(Message::binary(frame.clone())).await.unwrap();
+    assert_eq!(next_binary(&mut w.client).await, frame);
+    let record = gateway.store().session(&w.session_id).unwrap().unwrap();
+    assert!(
+        !matches!(
+            record.status.as_str(),
+            "Terminated" | "Failed" | "Terminating"
+        ),
+        "{}",
+        record.status
     );
     gateway.shutdown().await;
 }

@@ -138,8 +138,124 @@ async fn api_signatures_are_verified() {
 
     // Unknown operation.
     assert_eq!(
-        code(signed_api_call(&url, "SendCommand", "{}", key, secret, now).await),
+        code(signed_api_call(&url, "DescribeMaintenanceWindows", "{}", key, secret, now).await),
         (400, "UnknownOperationException".into())
+    );
+    gateway.shutdown().await;
+}
+
+/// One StartSession signed once, sent as the SDKs send it: the signed headers plus an unsigned
+/// `amz-sdk-invocation-id` the sender may set to anything.
+async fn send_signed(
+    url: &str,
+    signed: &[(String, String)],
+    body: &str,
+    invocation_id: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", "AmazonSSM.StartSession")
+        .header("amz-sdk-invocation-id", invocation_id)
+        .body(body.to_owned());
+    for (k, v) in signed {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_captured_start_session_with_a_fresh_invocation_id_starts_nothing() {
+    let (gateway, cred) = start_gateway("mallory-target", None).await;
+    let url = gateway.url().to_owned();
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let host = url.trim_start_matches("http://").to_owned();
+    let headers = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("host", host.as_str()),
+        ("x-amz-target", "AmazonSSM.StartSession"),
+    ];
+    let body = serde_json::json!({"Target": agent.instance_id}).to_string();
+    let signed = sign_headers(
+        "POST",
+        &format!("{url}/"),
+        &headers,
+        body.as_bytes(),
+        &Signer {
+            service: "ssm",
+            key: &cred.access_key_id,
+            secret: &cred.secret_access_key,
+            at: SystemTime::now(),
+        },
+    );
+    let (status, first) = send_signed(&url, &signed, &body, "11111111-aaaa").await;
+    assert_eq!(status, 200, "{first}");
+    let (status, replay) = send_signed(&url, &signed, &body, "22222222-bbbb").await;
+    assert_eq!(status, 400, "{replay}");
+    assert_eq!(replay["__type"], "ThrottlingException");
+    assert!(replay.get("SessionId").is_none());
+
+    // Only the first request's session exists, and the client channel was never pushed twice.
+    let sessions = signed_api_call(
+        &url,
+        "DescribeSessions",
+        r#"{"State":"Active"}"#,
+        &cred.access_key_id,
+        &cred.secret_access_key,
+        SystemTime::now(),
+    )
+    .await
+    .1;
+    assert_eq!(
+        sessions["Sessions"].as_array().unwrap().len(),
+        1,
+        "{sessions}"
+    );
+    drop(ctl.ws.close(None).await);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_signed_for_another_region_is_refused() {
+    let (gateway, cred) = start_gateway("rita", None).await;
+    let url = gateway.url().to_owned();
+    let host = url.trim_start_matches("http://").to_owned();
+    let body = r#"{"State":"Active"}"#;
+    let headers = [
+        ("content-type", "application/x-amz-json-1.1"),
+        ("host", host.as_str()),
+        ("x-amz-target", "AmazonSSM.DescribeSessions"),
+    ];
+    let signed = sign_headers_in(
+        "eu-west-1",
+        "POST",
+        &format!("{url}/"),
+        &headers,
+        body.as_bytes(),
+        &Signer {
+            service: "ssm",
+            key: &cred.access_key_id,
+            secret: &cred.secret_access_key,
+            at: SystemTime::now(),
+        },
+    );
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", "AmazonSSM.DescribeSessions")
+        .body(body);
+    for (k, v) in &signed {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["__type"], "InvalidSignatureException");
+    assert!(
+        answer["message"].as_str().unwrap().contains("eu-west-1"),
+        "{answer}"
     );
     gateway.shutdown().await;
 }

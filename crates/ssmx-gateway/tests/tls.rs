@@ -188,3 +188,29 @@ async fn tls_listener_serves_api_mgs_and_wss_data_channels() {
     assert_eq!(task.session_id, started["SessionId"].as_str().unwrap());
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn plain_http_on_a_network_address_needs_an_explicit_setting() {
+    let start = |config: Config| {
+        ssmx_gateway::Gateway::builder()
+            .config(config)
+            .listen("0.0.0.0:0".parse().unwrap())
+            .database(Database::Memory)
+            .without_recording()
+            .start()
+    };
+    let refused = start(Config::default()).await.err().expect("refused");
+    assert!(
+        matches!(refused, ssmx_gateway::GatewayError::PlaintextOnNetwork(_)),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("allow_plaintext_on_network"));
+
+    let config: Config = toml::from_str("allow_plaintext_on_network = true").unwrap();
+    let gateway = start(config).await.expect("explicitly allowed");
+    gateway.shutdown().await;
+
+    // Loopback needs no setting.
+    let (gateway, _) = start_gateway("lo", None).await;
+    gateway.shutdown().await;
+}

@@ -44,7 +44,13 @@ pub async fn start_gateway_with(
         .database(database)
         .credential(credential.clone());
     builder = match recordings {
-        Some(dir) => builder.recordings_dir(dir),
+        // Everything is recorded, port sessions included.
+        Some(dir) => builder
+            .config(ssmx_gateway::config::Config {
+                record_port_sessions: true,
+                ..Default::default()
+            })
+            .recordings_dir(dir),
         None => builder.without_recording(),
     };
     (builder.start().await.unwrap(), credential)
@@ -63,6 +69,7 @@ pub fn ssm_client(url: &str, cred: &ApiCredential) -> aws_sdk_ssm::Client {
             "test",
         ))
         .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+        .interceptor(ssmx_client::UniqueSignatures)
         .build();
     aws_sdk_ssm::Client::from_conf(conf)
 }
@@ -75,8 +82,20 @@ pub struct Signer<'a> {
     pub at: SystemTime,
 }
 
-/// Signs a request; returns the headers to add (Authorization, X-Amz-Date).
+/// Signs a request for [`REGION`]; returns the headers to add (Authorization, X-Amz-Date).
 pub fn sign_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    signer: &Signer<'_>,
+) -> Vec<(String, String)> {
+    sign_headers_in(REGION, method, url, headers, body, signer)
+}
+
+/// Like [`sign_headers`], with the credential scoped to `region`.
+pub fn sign_headers_in(
+    region: &str,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -86,7 +105,7 @@ pub fn sign_headers(
     let identity = Credentials::new(signer.key, signer.secret, None, None, "test").into();
     let params = SigningParams::builder()
         .identity(&identity)
-        .region(REGION)
+        .region(region)
         .name(signer.service)
         .time(signer.at)
         .settings(SigningSettings::default())
@@ -172,29 +191,40 @@ impl AgentCredential {
 
     /// A signed WebSocket upgrade.
     pub async fn signed_ws(&self, base: &str, path_and_query: &str) -> Ws {
-        let http_url = format!("{base}{path_and_query}");
-        let ws_url = http_url.replacen("http://", "ws://", 1);
-        let signed = sign_headers(
-            "GET",
-            &http_url,
-            &[],
-            b"",
-            &Signer {
-                service: "ssmmessages",
-                key: &self.access_key_id,
-                secret: &self.secret_access_key,
-                at: SystemTime::now(),
-            },
-        );
-        let mut request = ws_url.into_client_request().unwrap();
-        for (k, v) in signed {
-            request.headers_mut().insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        tokio_tungstenite::connect_async(request).await.unwrap().0
+        signed_ws(
+            base,
+            path_and_query,
+            &self.access_key_id,
+            &self.secret_access_key,
+        )
+        .await
     }
+}
+
+/// A WebSocket upgrade signed (service `ssmmessages`) with `key` and `secret`.
+pub async fn signed_ws(base: &str, path_and_query: &str, key: &str, secret: &str) -> Ws {
+    let http_url = format!("{base}{path_and_query}");
+    let ws_url = http_url.replacen("http://", "ws://", 1);
+    let signed = sign_headers(
+        "GET",
+        &http_url,
+        &[],
+        b"",
+        &Signer {
+            service: "ssmmessages",
+            key,
+            secret,
+            at: SystemTime::now(),
+        },
+    );
+    let mut request = ws_url.into_client_request().unwrap();
+    for (k, v) in signed {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(request).await.unwrap().0
 }
 
 /// An agent's control channel, opened as the official agent does it.
@@ -350,7 +380,8 @@ pub async fn open_client_data_channel_with_receive_buffer(
     send_client_open(ws, token).await
 }
 
-async fn send_client_open(mut ws: Ws, token: &str) -> Ws {
+/// Sends the client's Open frame with `token` on `ws`.
+pub async fn send_client_open(mut ws: Ws, token: &str) -> Ws {
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".into(),
         request_id: uuid::Uuid::new_v4().to_string(),

@@ -27,6 +27,8 @@ use crate::store::{
 };
 use crate::tokens::Purpose;
 
+mod commands;
+
 /// Largest API request body accepted; SSM requests are a few KiB.
 pub const MAX_API_BODY: usize = 1024 * 1024;
 const TARGET_PREFIX: &str = "AmazonSSM.";
@@ -121,6 +123,19 @@ async fn dispatch(
             describe_instance_information(hub, parse(body)?)
         }
         ("CreateActivation", Caller::User { arn, .. }) => create_activation(hub, arn, parse(body)?),
+        ("SendCommand", Caller::User { arn, .. }) => {
+            commands::send_command(hub, arn, parse(body)?).await
+        }
+        ("ListCommands", Caller::User { .. }) => commands::list_commands(hub, parse(body)?),
+        ("ListCommandInvocations", Caller::User { .. }) => {
+            commands::list_command_invocations(hub, parse(body)?)
+        }
+        ("GetCommandInvocation", Caller::User { .. }) => {
+            commands::get_command_invocation(hub, parse(body)?)
+        }
+        ("CancelCommand", Caller::User { .. }) => {
+            commands::cancel_command(hub, parse(body)?).await
+        }
         ("UpdateInstanceInformation", Caller::User { .. }) => Err(ApiError::new(
             ErrorCode::AccessDenied,
             "UpdateInstanceInformation is for agent credentials",
@@ -232,17 +247,21 @@ async fn start_session(
         run_as_user: String::new(),
         session_owner: owner_arn.to_owned(),
     };
+    let is_port = prepared.content.session_type == ssmx_protocol::payload::session_type::PORT;
+    let wanted = prepared
+        .inputs
+        .recording
+        .unwrap_or(!is_port || hub.settings.record_port_sessions);
     let recorder = match (
         &hub.settings.recordings_dir,
-        prepared.inputs.kms_key_id.is_empty(),
+        wanted && prepared.inputs.kms_key_id.is_empty(),
     ) {
         (Some(dir), true) => {
-            let format =
-                if prepared.content.session_type == ssmx_protocol::payload::session_type::PORT {
-                    Format::ByteLog
-                } else {
-                    Format::Asciicast
-                };
+            let format = if is_port {
+                Format::ByteLog
+            } else {
+                Format::Asciicast
+            };
             match Recorder::create(dir, &session_id, format).await {
                 Ok(r) => Some(r),
                 Err(e) => {
