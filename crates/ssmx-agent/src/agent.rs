@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::commands;
 use crate::config::AgentConfig;
 use crate::control::Control;
 use crate::error::AgentError;
 use crate::gateway_api::GatewayApi;
-use crate::mgs::Mgs;
+use crate::mgs::{http_client, Mgs};
 use crate::session::{self, Report, SessionEnv};
 
 /// Session results waiting for the control channel. Bounded: when the control channel is down
@@ -44,9 +45,11 @@ impl Agent {
         let timing = self.config.timing.clone();
         let registration = &self.config.registration;
         let span = tracing::info_span!("agent", instance = %registration.instance_id);
-        let mgs = Arc::new(Mgs::new(registration, timing.http_timeout)?);
-        let api = Arc::new(GatewayApi::new(registration, timing.http_timeout)?);
+        let http = http_client(timing.http_timeout)?;
+        let mgs = Arc::new(Mgs::new(registration, http.clone())?);
+        let api = Arc::new(GatewayApi::new(registration, http)?);
         let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
+        let command_settings = commands::Settings::new(&self.config);
         let sessions = Arc::new(Sessions::new(
             Arc::new(SessionEnv {
                 mgs: mgs.clone(),
@@ -61,7 +64,13 @@ impl Agent {
         let _stop_on_drop = stop.clone().drop_guard();
 
         let mut background = JoinSet::new();
-        let control = Control::new(mgs, sessions.clone(), report_rx, timing.clone());
+        let control = Control::new(
+            mgs,
+            sessions.clone(),
+            report_rx,
+            timing.clone(),
+            command_settings,
+        );
         background.spawn(control.run(stop.clone()).instrument(span.clone()));
         let update_stop = stop.clone();
         background.spawn(

@@ -18,6 +18,11 @@ pub struct AgentConfig {
     /// OS user for sessions when the agent runs as root and the document does not enable run-as
     /// (the official agent uses `ssm-user`); `None` runs them as the agent's own user.
     pub session_user: Option<String>,
+    /// Run Command state (idempotency records, document states, unacknowledged replies, scripts);
+    /// `None`: `commands` under [`crate::default_state_dir`].
+    pub commands_dir: Option<PathBuf>,
+    /// Run Command documents run at once; later ones wait (the official agent runs 5).
+    pub max_concurrent_documents: usize,
     /// Timers and retry policies.
     pub timing: Timing,
 }
@@ -30,6 +35,8 @@ impl AgentConfig {
             log_dir: None,
             shell: None,
             session_user: None,
+            commands_dir: None,
+            max_concurrent_documents: 5,
             timing: Timing::default(),
         }
     }
@@ -73,6 +80,13 @@ pub struct Timing {
     pub session_minute: Duration,
     /// How long shutdown waits for running sessions to end and report.
     pub shutdown_grace: Duration,
+    /// Wait for `agent_job_reply_ack` before a Run Command reply is persisted and re-sent.
+    pub reply_ack_timeout: Duration,
+    /// Delays between re-sends of an unacknowledged Run Command reply (also re-sent on every
+    /// control-channel reconnect).
+    pub reply_resend_backoff: Backoff,
+    /// Unacknowledged Run Command replies older than this are dropped.
+    pub reply_max_age: Duration,
 }
 
 impl Default for Timing {
@@ -94,6 +108,15 @@ impl Default for Timing {
             kill_grace: Duration::from_secs(1),
             session_minute: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            reply_ack_timeout: Duration::from_secs(1),
+            reply_resend_backoff: Backoff {
+                initial_min: Duration::from_secs(5),
+                initial_max: Duration::from_secs(10),
+                multiplier: 2.0,
+                jitter: 0.5,
+                cap: Duration::from_secs(5 * 60),
+            },
+            reply_max_age: Duration::from_secs(2 * 60 * 60),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The control channel (PROTOCOL.md §10.1–§10.5): CreateControlChannel, the WebSocket with
 //! OpenControlChannel, pings and the pong deadline, reconnects with back-off forever; incoming
 //! `interactive_shell` / `channel_closed` / `agent_task_acknowledge`; outgoing
-//! `agent_task_complete`, sent up to three times until acknowledged.
+//! `agent_task_complete`, sent up to three times until acknowledged; Run Command's `agent_job` /
+//! `agent_job_reply_ack` in, its acks and replies out (see [`crate::commands`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
+use ssmx_protocol::command::AgentJobReplyAck;
 use ssmx_protocol::payload::{
     from_json, to_json, AgentTaskAcknowledge, AgentTaskComplete, AgentTaskPayload, ChannelClosed,
     MgsPayload,
@@ -22,6 +24,7 @@ use uuid::Uuid;
 
 use crate::agent::Sessions;
 use crate::backoff::Backoff;
+use crate::commands::{self, Engine, Outbox, Outgoing};
 use crate::config::Timing;
 use crate::error::AgentError;
 use crate::mgs::{GatewaySocket, Mgs};
@@ -69,23 +72,31 @@ pub(crate) struct Control {
     reports: mpsc::Receiver<AgentTaskComplete>,
     pending: Vec<PendingReport>,
     timing: Timing,
+    commands: Engine,
+    outbox: Outbox,
+    command_frames: mpsc::UnboundedReceiver<Outgoing>,
 }
 
 impl Control {
     /// A control channel for `mgs`, starting sessions in `sessions`, reporting what arrives on
-    /// `reports`.
+    /// `reports`, running Run Command jobs with `commands`.
     pub(crate) fn new(
         mgs: Arc<Mgs>,
         sessions: Arc<Sessions>,
         reports: mpsc::Receiver<AgentTaskComplete>,
         timing: Timing,
+        commands: commands::Settings,
     ) -> Self {
+        let (commands, outbox, command_frames) = Engine::start(commands, timing.clone());
         Self {
             mgs,
             sessions,
             reports,
             pending: Vec::new(),
             timing,
+            commands,
+            outbox,
+            command_frames,
         }
     }
 
@@ -109,7 +120,7 @@ impl Control {
                     local_delays.reset();
                     tracing::info!("control channel open");
                     match self.serve(socket, &stop).await {
-                        Ended::Stopped => return,
+                        Ended::Stopped => break,
                         Ended::Lost(reason) => {
                             tracing::warn!("control channel lost: {reason}; reopening");
                             let max = self.timing.control_reopen_pause;
@@ -135,6 +146,17 @@ impl Control {
                 break;
             }
         }
+        self.commands.shutdown().await;
+        while let Ok(frame) = self.command_frames.try_recv() {
+            self.outbox.push(frame);
+        }
+        self.outbox.persist_all();
+        if self.outbox.unacknowledged() > 0 {
+            tracing::info!(
+                replies = self.outbox.unacknowledged(),
+                "Run Command replies not acknowledged; kept for the next start"
+            );
+        }
         let undelivered = self.pending.len() + self.reports.len();
         if undelivered > 0 {
             tracing::warn!(
@@ -152,6 +174,7 @@ impl Control {
                 () = tokio::time::sleep_until(deadline) => return true,
                 () = stop.cancelled() => return false,
                 Some(report) = self.reports.recv() => self.queue(report),
+                Some(frame) = self.command_frames.recv() => self.outbox.push(frame),
             }
         }
     }
@@ -183,15 +206,22 @@ impl Control {
         for report in &mut self.pending {
             report.due = None;
         }
+        self.outbox.reconnected();
         loop {
             if let Err(e) = self.send_due_reports(&mut sink).await {
+                return Ended::Lost(e);
+            }
+            if let Err(e) = self.outbox.send_due(&mut sink).await {
                 return Ended::Lost(e);
             }
             if stopping.is_some() && self.pending.is_empty() && self.reports.is_empty() {
                 return Ended::Stopped;
             }
             let next_due = self.pending.iter().filter_map(|r| r.due).min();
-            let wake = [next_due, stopping].into_iter().flatten().min();
+            let wake = [next_due, stopping, self.outbox.next_due()]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 () = stop.cancelled(), if stopping.is_none() => {
                     // Give queued and unacknowledged reports their full retry time.
@@ -212,6 +242,7 @@ impl Control {
                     }
                 }
                 Some(report) = self.reports.recv() => self.queue(report),
+                Some(frame) = self.command_frames.recv() => self.outbox.push(frame),
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Binary(data))) => self.handle_frame(data),
                     Some(Ok(Message::Text(text))) => self.handle_frame(Bytes::from(text)),
@@ -290,10 +321,12 @@ impl Control {
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
-            MessageType::AgentJob => {
-                tracing::warn!(
-                    "Run Command jobs (agent_job) are not supported by this agent; ignored"
-                );
+            MessageType::AgentJob => self.commands.submit(&msg),
+            MessageType::AgentJobReplyAck => {
+                match from_json::<AgentJobReplyAck>("agent_job_reply_ack", &msg.payload) {
+                    Ok(ack) => self.outbox.acknowledge(&ack),
+                    Err(e) => tracing::warn!("{e}"),
+                }
             }
             other => tracing::debug!(message_type = %other, "ignoring control-channel message"),
         }

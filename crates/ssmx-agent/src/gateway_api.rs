@@ -3,8 +3,6 @@
 //! addresses, platform and agent version, and KMS `Decrypt` (service `kms`), which unwraps an
 //! encrypted session's data key (PROTOCOL.md §7.2).
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use ssmx_protocol::crypto::DataKeyUnwrap;
@@ -12,7 +10,7 @@ use ssmx_protocol::version::AGENT_VERSION;
 
 use crate::error::AgentError;
 use crate::host_info;
-use crate::mgs::{error_chain, http_client};
+use crate::mgs::error_chain;
 use crate::registration::{parse_gateway_url, truncate, Registration};
 use crate::sigv4::{Signer, SERVICE_KMS, SERVICE_SSM};
 
@@ -83,10 +81,11 @@ pub(crate) struct GatewayApi {
 }
 
 impl GatewayApi {
-    /// The API of the gateway in `registration`.
+    /// The API of the gateway in `registration`, called with `http` (from
+    /// [`crate::mgs::http_client`]).
     pub(crate) fn new(
         registration: &Registration,
-        http_timeout: Duration,
+        http: reqwest::Client,
     ) -> Result<Self, AgentError> {
         let mut url = parse_gateway_url(&registration.gateway_url)?;
         if !url.path().ends_with('/') {
@@ -94,7 +93,7 @@ impl GatewayApi {
             url.set_path(&path);
         }
         Ok(Self {
-            http: http_client(http_timeout)?,
+            http,
             url,
             signer: Signer::new(
                 &registration.access_key_id,

@@ -19,6 +19,7 @@
 
 mod agent;
 mod backoff;
+mod commands;
 mod config;
 mod control;
 mod error;

@@ -24,6 +24,14 @@ use crate::sigv4::{Signer, SERVICE_MGS};
 /// A WebSocket to the gateway.
 pub(crate) type GatewaySocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Idle keep-alive connections kept per gateway host: a burst of session starts reuses a few,
+/// and leaves no more than these open once it is over.
+const HTTP_POOL_MAX_IDLE: usize = 4;
+
+/// Idle keep-alive connections are closed after this long: the agent's periodic calls are
+/// minutes apart, so a connection kept longer would rarely be used again.
+const HTTP_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Text the service puts in a CreateDataChannel refusal for a session that is over; the official
 /// agent stops retrying when it sees it (PROTOCOL.md §12.3, §13.2).
 const SESSION_TERMINATED: &str = "Session is already terminated";
@@ -38,10 +46,10 @@ pub(crate) struct Mgs {
 }
 
 impl Mgs {
-    /// Endpoints for `registration`, REST calls timing out after `http_timeout`.
+    /// Endpoints for `registration`, REST calls made with `http` (from [`http_client`]).
     pub(crate) fn new(
         registration: &Registration,
-        http_timeout: Duration,
+        http: reqwest::Client,
     ) -> Result<Self, AgentError> {
         let base = parse_gateway_url(&registration.gateway_url)?;
         let mut ws_base = base.clone();
@@ -57,7 +65,7 @@ impl Mgs {
                 reason: "cannot derive a WebSocket URL".into(),
             })?;
         Ok(Self {
-            http: http_client(http_timeout)?,
+            http,
             base,
             ws_base,
             signer: Signer::new(
@@ -241,7 +249,8 @@ pub(crate) fn is_session_terminated(error: &AgentError) -> bool {
     matches!(error, AgentError::Status { body, .. } if body.contains(SESSION_TERMINATED))
 }
 
-/// The HTTP client for gateway REST calls.
+/// The HTTP client for gateway REST calls; one per agent, shared by all its calls (clones share
+/// the connection pool).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, AgentError> {
     let tls = ssmx_channel::tls::client_config().map_err(|detail| AgentError::Http {
         url: String::new(),
@@ -250,6 +259,8 @@ pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, AgentErr
     reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .timeout(timeout)
+        .pool_max_idle_per_host(HTTP_POOL_MAX_IDLE)
+        .pool_idle_timeout(HTTP_POOL_IDLE_TIMEOUT)
         .user_agent(concat!("ssmx-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| AgentError::Http {
@@ -271,4 +282,89 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::Barrier;
+
+    use super::*;
+
+    /// An HTTP/1.1 server that answers every request with an empty 200, the first request of
+    /// each connection only once `first_requests` of them have arrived (so that many connections
+    /// are open at once). Returns its URL and the number of connections open to it.
+    async fn counting_server(first_requests: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let open = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(first_requests));
+        let counter = open.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (counter, barrier) = (counter.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    let mut socket = BufReader::new(socket);
+                    let mut line = String::new();
+                    let mut answered = 0;
+                    while matches!(socket.read_line(&mut line).await, Ok(n) if n > 0) {
+                        let end_of_request = line == "\r\n";
+                        line.clear();
+                        if !end_of_request {
+                            continue;
+                        }
+                        if answered == 0 {
+                            barrier.wait().await;
+                        }
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if socket.get_mut().write_all(response).await.is_err() {
+                            break;
+                        }
+                        answered += 1;
+                    }
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (url, open)
+    }
+
+    async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[tokio::test]
+    async fn idle_gateway_connections_are_few_and_closed_in_time() {
+        const CONCURRENT: usize = 24;
+        let (url, open) = counting_server(CONCURRENT).await;
+        let http = http_client(Duration::from_secs(10)).unwrap();
+        let requests = (0..CONCURRENT).map(|_| http.get(&url).send());
+        for response in futures::future::join_all(requests).await {
+            assert!(response.unwrap().status().is_success());
+        }
+        assert_eq!(open.load(Ordering::SeqCst), CONCURRENT);
+        wait_until("the pool kept at most its idle maximum", || {
+            open.load(Ordering::SeqCst) <= HTTP_POOL_MAX_IDLE
+        })
+        .await;
+        // The pool's clock is tokio's: jump past the idle timeout instead of waiting for it.
+        tokio::time::pause();
+        tokio::time::advance(2 * HTTP_POOL_IDLE_TIMEOUT).await;
+        tokio::time::resume();
+        wait_until("idle connections were closed", || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
 }

@@ -5,14 +5,15 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use async_smux::MuxBuilder;
+use async_smux::{MuxBuilder, MuxConnector};
 use bytes::Bytes;
 use common::{eventually, Seen, Stack, TestSession, CLIENT_VERSION, STEP};
 use serde_json::json;
 use ssmx_protocol::payload::PortFlag;
 use ssmx_protocol::PayloadType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
 
 /// A TCP echo server; returns its port.
 async fn echo_server() -> u16 {
@@ -29,10 +30,14 @@ async fn echo_server() -> u16 {
     port
 }
 
-/// A port on which nothing listens.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A port on 127.0.0.1 that refuses connections: bound, so that nothing else can take it
+/// (nor an outgoing connection pick it as its own port), but not listening. The port stays
+/// reserved while the returned socket lives.
+fn refusing_port() -> (TcpSocket, u16) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -73,6 +78,87 @@ fn smux_frames(bytes: &[u8]) -> Vec<(u8, u32, usize)> {
         at += 8 + length;
     }
     frames
+}
+
+/// The client's side of smux over a session's Output byte streams, as the official client runs
+/// it; every byte the agent sent is recorded.
+struct MuxClient {
+    connector: MuxConnector<DuplexStream>,
+    agent_bytes: Arc<Mutex<Vec<u8>>>,
+    control: ssmx_channel::Sender,
+    /// Ends with the session's end.
+    downlink: JoinHandle<Seen>,
+    // Dropping the set stops the smux worker and the uplink.
+    _tasks: JoinSet<()>,
+}
+
+impl MuxClient {
+    fn start(mut session: TestSession) -> Self {
+        let (client_end, pump_end) = tokio::io::duplex(1 << 20);
+        let (mut from_mux, mut to_mux) = tokio::io::split(pump_end);
+        let mut tasks = JoinSet::new();
+        let tx = session.tx.clone();
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = from_mux.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                if tx
+                    .send(PayloadType::Output, Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let agent_bytes = Arc::new(Mutex::new(Vec::new()));
+        let control = session.tx.clone();
+        let recorded = agent_bytes.clone();
+        let downlink = tokio::spawn(async move {
+            loop {
+                match session.next().await {
+                    Seen::Payload(PayloadType::Output, b) => {
+                        recorded.lock().unwrap().extend_from_slice(&b);
+                        let _ = to_mux.write_all(&b).await;
+                    }
+                    Seen::Payload(..) => {}
+                    end => return end,
+                }
+            }
+        });
+        let (connector, _acceptor, worker) =
+            MuxBuilder::client().with_connection(client_end).build();
+        tasks.spawn(async move {
+            let _ = worker.await;
+        });
+        Self {
+            connector,
+            agent_bytes,
+            control,
+            downlink,
+            _tasks: tasks,
+        }
+    }
+
+    /// The complete smux frames the agent sent so far (see [`smux_frames`]).
+    fn agent_frames(&self) -> Vec<(u8, u32, usize)> {
+        smux_frames(&self.agent_bytes.lock().unwrap())
+    }
+
+    /// Ends the session with the TerminateSession flag; returns how it ended.
+    async fn terminate(self) -> Seen {
+        self.control
+            .send(PayloadType::Flag, PortFlag::TerminateSession.to_payload())
+            .await
+            .unwrap();
+        tokio::time::timeout(STEP, self.downlink)
+            .await
+            .unwrap()
+            .unwrap()
+    }
 }
 
 /// Reads Output payloads until `len` bytes arrived.
@@ -152,47 +238,10 @@ async fn smux_mode_carries_twenty_parallel_connections_byte_exact() {
         )
         .await;
     session.handshake(CLIENT_VERSION, Some(256 * 1024)).await;
-
-    // The client side of smux runs over the session's ordered Output byte stream.
-    let (client_end, pump_end) = tokio::io::duplex(1 << 20);
-    let (mut from_mux, mut to_mux) = tokio::io::split(pump_end);
-    let agent_bytes = Arc::new(Mutex::new(Vec::new()));
-    let tx = session.tx.clone();
-    let control = session.tx.clone();
-    let uplink = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = from_mux.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            if tx
-                .send(PayloadType::Output, Bytes::copy_from_slice(&buf[..n]))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let recorded = agent_bytes.clone();
-    let downlink = tokio::spawn(async move {
-        loop {
-            match session.next().await {
-                Seen::Payload(PayloadType::Output, b) => {
-                    recorded.lock().unwrap().extend_from_slice(&b);
-                    let _ = to_mux.write_all(&b).await;
-                }
-                Seen::Payload(..) => {}
-                end => return end,
-            }
-        }
-    });
-    let (connector, _acceptor, worker) = MuxBuilder::client().with_connection(client_end).build();
-    let worker = tokio::spawn(worker);
+    let mux = MuxClient::start(session);
 
     let streams = (0..20u8).map(|i| {
-        let mut stream = connector.connect().unwrap();
+        let mut stream = mux.connector.connect().unwrap();
         async move {
             let data = pattern(200_000 + usize::from(i) * 1000, i);
             let (mut r, mut w) = tokio::io::split(&mut stream);
@@ -213,7 +262,7 @@ async fn smux_mode_carries_twenty_parallel_connections_byte_exact() {
 
     // Each stream's FIN reaches the destination, which closes, and the agent FINs the stream.
     eventually("the agent closed all 20 streams", || {
-        smux_frames(&agent_bytes.lock().unwrap())
+        mux.agent_frames()
             .iter()
             .filter(|(cmd, _, _)| *cmd == 1)
             .count()
@@ -222,27 +271,61 @@ async fn smux_mode_carries_twenty_parallel_connections_byte_exact() {
     .await;
     // Every frame the agent sent is xtaci/smux v1 (checked by `smux_frames`), and the stream
     // ends on a frame boundary.
-    let bytes = agent_bytes.lock().unwrap().clone();
-    let frames = smux_frames(&bytes);
+    let frames = mux.agent_frames();
     let consumed: usize = frames.iter().map(|(_, _, len)| 8 + len).sum();
-    assert_eq!(consumed, bytes.len());
+    assert_eq!(consumed, mux.agent_bytes.lock().unwrap().len());
     assert!(frames.iter().all(|(cmd, sid, _)| *cmd == 3 || sid % 2 == 1));
 
     // The client ends the session with the TerminateSession flag.
-    control
-        .send(PayloadType::Flag, PortFlag::TerminateSession.to_payload())
+    assert_eq!(mux.terminate().await, Seen::Closed(String::new()));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smux_frames_to_an_official_client_carry_at_most_32_kib() {
+    const TOTAL: usize = 1024 * 1024;
+    // A destination that sends as fast as it can, then closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.write_all(&pattern(TOTAL, 9)).await.unwrap();
+    });
+    let stack = Stack::start().await;
+    let mut session = stack
+        .start_session(
+            Some("AWS-StartPortForwardingSession"),
+            &[("portNumber", &port), ("localPortNumber", "0")],
+        )
+        .await;
+    // The official client: no ssmx capabilities in its HandshakeResponse.
+    session.handshake(CLIENT_VERSION, None).await;
+    let mux = MuxClient::start(session);
+    let mut stream = mux.connector.connect().unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut got))
         .await
+        .unwrap()
         .unwrap();
-    let end = tokio::time::timeout(STEP, downlink).await.unwrap().unwrap();
-    assert_eq!(end, Seen::Closed(String::new()));
-    worker.abort();
-    uplink.abort();
+    assert!(got == pattern(TOTAL, 9), "the stream's data was corrupted");
+    let largest = mux
+        .agent_frames()
+        .iter()
+        .filter(|(cmd, _, _)| *cmd == 2)
+        .map(|(_, _, len)| *len)
+        .max();
+    assert!(
+        largest.is_some_and(|len| len <= 32 * 1024),
+        "largest smux frame sent: {largest:?} bytes"
+    );
+    assert_eq!(mux.terminate().await, Seen::Closed(String::new()));
     stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smux_mode_reports_a_refused_destination_and_goes_on() {
-    let refused = closed_port().to_string();
+    let (_reserved, refused) = refusing_port();
+    let refused = refused.to_string();
     let stack = Stack::start().await;
     let mut session = stack
         .start_session(
@@ -281,7 +364,8 @@ async fn smux_mode_reports_a_refused_destination_and_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_destination_fails_a_single_connection_session() {
-    let refused = closed_port().to_string();
+    let (_reserved, refused) = refusing_port();
+    let refused = refused.to_string();
     let stack = Stack::start().await;
     let mut session = stack
         .start_session(Some("AWS-StartSSHSession"), &[("portNumber", &refused)])
@@ -330,5 +414,60 @@ async fn a_large_echo_flows_both_ways_at_once_without_stalling() {
         }
     }
     writer.await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_response_is_read_as_leniently_as_the_official_agent_reads_it() {
+    let port = echo_server().await.to_string();
+    let stack = Stack::start().await;
+    // Absent or null fields take Go's zero values, as in the official agent's decoder.
+    let accepted = [
+        r#"{"ClientVersion":"1.2.677.0","ProcessedClientActions":[{"ActionType":"SessionType","ActionStatus":1}]}"#,
+        r#"{"ClientVersion":"1.2.677.0","ProcessedClientActions":[{"ActionType":"SessionType","ActionStatus":1,"ActionResult":null,"Error":null}],"Errors":null}"#,
+        r#"{"ClientVersion":null,"ProcessedClientActions":null}"#,
+        "{}",
+    ];
+    for response in accepted {
+        let mut session = stack
+            .start_session(Some("AWS-StartSSHSession"), &[("portNumber", &port)])
+            .await;
+        session.handshake_request().await;
+        session
+            .tx
+            .send(PayloadType::HandshakeResponse, Bytes::from(response))
+            .await
+            .unwrap();
+        session.handshake_complete().await;
+        let data = pattern(3000, 1);
+        session.send(&data).await;
+        assert_eq!(
+            read_bytes(&mut session, data.len()).await,
+            data,
+            "{response}"
+        );
+        send_flag(&session, PortFlag::TerminateSession).await;
+        let (_, end) = session.until_closed().await;
+        assert_eq!(end, Seen::Closed(String::new()), "{response}");
+    }
+    // An action without ActionStatus has status 0, which is a failure.
+    let mut session = stack
+        .start_session(Some("AWS-StartSSHSession"), &[("portNumber", &port)])
+        .await;
+    session.handshake_request().await;
+    let response =
+        r#"{"ClientVersion":"1.2.677.0","ProcessedClientActions":[{"ActionType":"SessionType"}]}"#;
+    session
+        .tx
+        .send(PayloadType::HandshakeResponse, Bytes::from(response))
+        .await
+        .unwrap();
+    match session.until_closed().await {
+        (_, Seen::Closed(reason)) => assert!(
+            reason.contains("SessionType failed on client with status 0 error: "),
+            "{reason:?}"
+        ),
+        other => panic!("expected channel_closed with the reason, got {other:?}"),
+    }
     stack.stop().await;
 }

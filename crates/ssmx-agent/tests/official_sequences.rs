@@ -6,7 +6,8 @@
 //! `channel_closed`, `agent_task_complete` retries, reconnects.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use ssmx_protocol::payload::{
     ChannelClosed,
 };
 use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 const INSTANCE_ID: &str = "mi-0123456789abcdef0";
@@ -165,12 +167,15 @@ impl Peer {
 struct MgsState {
     peers: mpsc::UnboundedSender<Peer>,
     control_creates: Arc<AtomicUsize>,
+    /// CreateDataChannel answers that the session is over.
+    refuse_data: Arc<AtomicBool>,
 }
 
 struct FakeMgs {
     url: String,
     peers: mpsc::UnboundedReceiver<Peer>,
     control_creates: Arc<AtomicUsize>,
+    refuse_data: Arc<AtomicBool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -178,9 +183,11 @@ impl FakeMgs {
     async fn start() -> Self {
         let (peers_tx, peers) = mpsc::unbounded_channel();
         let control_creates = Arc::new(AtomicUsize::new(0));
+        let refuse_data = Arc::new(AtomicBool::new(false));
         let state = MgsState {
             peers: peers_tx,
             control_creates: control_creates.clone(),
+            refuse_data: refuse_data.clone(),
         };
         let app = Router::new()
             .route("/", post(|| async { "{}" }))
@@ -199,8 +206,14 @@ impl FakeMgs {
             url,
             peers,
             control_creates,
+            refuse_data,
             _server: server,
         }
+    }
+
+    /// From now on, data channels cannot be (re)opened: the service says the session is over.
+    fn refuse_data_channels(&self) {
+        self.refuse_data.store(true, Ordering::SeqCst);
     }
 
     async fn next_peer(&mut self) -> Peer {
@@ -258,7 +271,10 @@ async fn create_control(State(state): State<MgsState>) -> Response {
         .into_response()
 }
 
-async fn create_data() -> Response {
+async fn create_data(State(state): State<MgsState>) -> Response {
+    if state.refuse_data.load(Ordering::SeqCst) {
+        return (StatusCode::BAD_REQUEST, "Session is already terminated").into_response();
+    }
     (StatusCode::CREATED, create_channel_output_xml("data-token")).into_response()
 }
 
@@ -742,6 +758,52 @@ async fn a_dropped_data_channel_is_reopened_and_the_stream_goes_on() {
     assert!(text.contains("again-2"), "{text:?}");
     assert!(terminating, "the shell's end is announced");
     expect_task_complete(&mut control, &transcript).await;
+    stop.send(()).unwrap();
+    agent.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_data_channel_resets_the_port_sessions_destination_connection() {
+    let transcript = Transcript::load("port-standard-stream.json");
+    // The destination reports how reading from the agent's connection ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted_tx, accepted) = oneshot::channel();
+    let destination = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        let mut buf = [0u8; 64];
+        socket.read(&mut buf).await
+    });
+    let recorded = decode(transcript.interactive_shell());
+    let mut request = AgentTaskPayload::from_message_payload(&recorded.payload).unwrap();
+    request
+        .parameters
+        .insert("portNumber".into(), Value::String(port.to_string()));
+    let mut mgs = FakeMgs::start().await;
+    let (stop, agent) = mgs.start_agent();
+    let mut control = mgs.next_peer().await;
+    control.send(request.to_message().to_bytes());
+    let data = mgs.next_peer().await;
+    // The official client's HandshakeResponse; then the agent connects to the destination.
+    data.send(transcript.client_inputs()[0].clone());
+    tokio::time::timeout(STEP, accepted).await.unwrap().unwrap();
+    // The data channel drops and cannot be reopened: the session has failed.
+    mgs.refuse_data_channels();
+    data.to_agent.send(Message::Close(None)).unwrap();
+    let read = tokio::time::timeout(STEP, destination)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.as_ref().map_err(std::io::Error::kind),
+        Err(ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    let complete = control.recv_type(MessageType::AgentTaskComplete).await;
+    let report: Value = serde_json::from_slice(&complete.payload).unwrap();
+    assert_eq!(report["FinalTaskStatus"], "Failed");
+    acknowledge_task(&control, &complete);
     stop.send(()).unwrap();
     agent.await.unwrap();
 }

@@ -8,7 +8,9 @@
 //!   direction carries an smux v1 session, the agent is its server; each stream the client opens
 //!   is one connection to the destination, and a failed dial is reported with ConnectToPortError.
 //!
-//! The TerminateSession flag ends the session in every mode.
+//! The TerminateSession flag ends the session in every mode. When the session fails (its data
+//! channel or the smux session), destination connections are reset rather than closed, so the
+//! programs at the destination see the failure.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU64;
@@ -25,6 +27,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::session::io::{Input, Output, OutputClosed, PluginContext, PluginOutcome};
@@ -57,6 +60,10 @@ const MUX_PIPE_BUFFER: usize = 512 * 1024;
 
 /// Copy buffer of each forwarded connection, per direction.
 const STREAM_COPY_BUFFER: usize = 64 * 1024;
+
+/// Largest smux frame sent to a client that is not ssmx: xtaci/smux's default MaxFrameSize,
+/// what the official agent sends and all that some clients accept (PROTOCOL.md §9).
+const OFFICIAL_SMUX_MAX_FRAME: usize = 32 * 1024;
 
 /// Where a Port session connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,6 +204,45 @@ impl Connection {
             _reader: tasks,
         }
     }
+
+    /// Ends the connection with a reset instead of a close.
+    fn reset(self) {
+        reset_on_close(self.writer.as_ref());
+        // No FIN from the write half: the socket is closed, with the reset, once the aborted
+        // reader task has let go of the read half.
+        self.writer.forget();
+    }
+}
+
+/// Makes closing `stream` send a reset (RST) instead of a FIN, so the destination sees that the
+/// session failed.
+fn reset_on_close(stream: &TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!("cannot make the destination connection reset on close: {e}");
+    }
+}
+
+/// How the session ended the plugin: the connection is reset when the session failed, otherwise
+/// closed.
+fn cancelled(connection: Option<Connection>, abort: &CancellationToken) -> PluginOutcome {
+    if let (Some(connection), true) = (connection, abort.is_cancelled()) {
+        connection.reset();
+    }
+    PluginOutcome::cancelled()
+}
+
+/// Waits for the session to end the plugin once the data channel is gone, dropping what the
+/// client still sent (unread, it would hold up the session's receive loop).
+async fn until_cancelled(ctx: &mut PluginContext) {
+    let (cancel, input) = (&ctx.cancel, &mut ctx.input);
+    let discard = async {
+        while input.recv().await.is_some() {}
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = discard => {}
+    }
 }
 
 /// Waits for the end of the connection's reading side; never resolves without a connection.
@@ -217,13 +263,16 @@ async fn run_single(spec: PortSpec, mut ctx: PluginContext, redial: bool) -> Plu
     loop {
         tokio::select! {
             biased;
-            () = ctx.cancel.cancelled() => return PluginOutcome::cancelled(),
+            () = ctx.cancel.cancelled() => return cancelled(connection, &ctx.abort),
             end = connection_end(&mut connection) => {
-                connection = None;
                 tracing::debug!(?end, "destination connection ended");
                 match end {
-                    ReadEnd::OutputClosed => return PluginOutcome::cancelled(),
+                    ReadEnd::OutputClosed => {
+                        until_cancelled(&mut ctx).await;
+                        return cancelled(connection, &ctx.abort);
+                    }
                     _ if redial => {
+                        connection = None;
                         if let Some(t) = ctx.output.transcript() {
                             t.marker("destination connection closed");
                         }
@@ -236,8 +285,8 @@ async fn run_single(spec: PortSpec, mut ctx: PluginContext, redial: bool) -> Plu
             }
             item = ctx.input.recv() => {
                 let Some(item) = item else {
-                    ctx.cancel.cancelled().await;
-                    return PluginOutcome::cancelled();
+                    until_cancelled(&mut ctx).await;
+                    return cancelled(connection, &ctx.abort);
                 };
                 match item.payload_type {
                     PayloadType::Output => {
@@ -258,7 +307,7 @@ async fn run_single(spec: PortSpec, mut ctx: PluginContext, redial: bool) -> Plu
                         let conn = connection.as_mut().expect("connected above");
                         let written = tokio::select! {
                             r = conn.writer.write_all(&item.payload) => r,
-                            () = ctx.cancel.cancelled() => return PluginOutcome::cancelled(),
+                            () = ctx.cancel.cancelled() => return cancelled(connection, &ctx.abort),
                         };
                         if let Err(e) = written {
                             if !redial {
@@ -307,6 +356,13 @@ async fn run_mux(spec: PortSpec, mut ctx: PluginContext, keepalive: bool) -> Plu
     let (uplink_tx, mut uplink_done) = oneshot::channel();
     let output = ctx.output.clone();
     let max_payload = ctx.max_payload.max(1);
+    // Destination connections are reset when the session fails, or when the smux session does.
+    let reset = ctx.abort.child_token();
+    let max_frame = if ctx.ssmx_client {
+        STREAM_COPY_BUFFER
+    } else {
+        OFFICIAL_SMUX_MAX_FRAME
+    };
     infrastructure.spawn(
         async move {
             let mut buf = vec![0u8; max_payload];
@@ -332,12 +388,16 @@ async fn run_mux(spec: PortSpec, mut ctx: PluginContext, keepalive: bool) -> Plu
             () = ctx.cancel.cancelled() => return PluginOutcome::cancelled(),
             result = &mut worker_done => {
                 return match result {
-                    Ok(Err(e)) => PluginOutcome::failed(format!("port multiplexing failed: {e}")),
+                    Ok(Err(e)) => {
+                        reset.cancel();
+                        PluginOutcome::failed(format!("port multiplexing failed: {e}"))
+                    }
                     _ => PluginOutcome::closed(),
                 };
             }
             result = &mut uplink_done => {
                 if matches!(result, Ok(Err(OutputClosed))) {
+                    until_cancelled(&mut ctx).await;
                     return PluginOutcome::cancelled();
                 }
                 return PluginOutcome::closed();
@@ -346,9 +406,14 @@ async fn run_mux(spec: PortSpec, mut ctx: PluginContext, keepalive: bool) -> Plu
                 let Some(stream) = stream else {
                     return PluginOutcome::closed();
                 };
-                connections.spawn(
-                    forward_stream(stream, spec.clone(), ctx.output.clone()).in_current_span(),
+                let forward = forward_stream(
+                    stream,
+                    spec.clone(),
+                    ctx.output.clone(),
+                    max_frame,
+                    reset.clone(),
                 );
+                connections.spawn(forward.in_current_span());
             }
             Some(joined) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = joined {
@@ -357,7 +422,7 @@ async fn run_mux(spec: PortSpec, mut ctx: PluginContext, keepalive: bool) -> Plu
             }
             item = ctx.input.recv() => {
                 let Some(Input { payload_type, payload }) = item else {
-                    ctx.cancel.cancelled().await;
+                    until_cancelled(&mut ctx).await;
                     return PluginOutcome::cancelled();
                 };
                 match payload_type {
@@ -381,8 +446,31 @@ async fn run_mux(spec: PortSpec, mut ctx: PluginContext, keepalive: bool) -> Plu
     }
 }
 
+/// A destination connection of a multiplexed session: reset instead of closed when it is
+/// dropped once `reset` is cancelled.
+struct Destination {
+    stream: TcpStream,
+    reset: CancellationToken,
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        if self.reset.is_cancelled() {
+            reset_on_close(&self.stream);
+        }
+    }
+}
+
 /// One smux stream: dial the destination and copy both ways, half-closing as each side ends.
-async fn forward_stream(mut stream: MuxStream<DuplexStream>, spec: PortSpec, output: Output) {
+/// Writes to the stream carry at most `max_frame` bytes, and async_smux sends each write as one
+/// frame, so no frame to the client is larger.
+async fn forward_stream(
+    mut stream: MuxStream<DuplexStream>,
+    spec: PortSpec,
+    output: Output,
+    max_frame: usize,
+    reset: CancellationToken,
+) {
     let id = stream.get_stream_id();
     match dial(&spec.host, spec.port).await {
         Err(e) => {
@@ -395,7 +483,8 @@ async fn forward_stream(mut stream: MuxStream<DuplexStream>, spec: PortSpec, out
                 .await;
             let _ = stream.shutdown().await;
         }
-        Ok(mut tcp) => {
+        Ok(tcp) => {
+            let mut destination = Destination { stream: tcp, reset };
             if let Some(t) = output.transcript() {
                 t.marker(&format!(
                     "stream {id}: connected to {}:{}",
@@ -404,9 +493,9 @@ async fn forward_stream(mut stream: MuxStream<DuplexStream>, spec: PortSpec, out
             }
             let result = tokio::io::copy_bidirectional_with_sizes(
                 &mut stream,
-                &mut tcp,
+                &mut destination.stream,
                 STREAM_COPY_BUFFER,
-                STREAM_COPY_BUFFER,
+                max_frame,
             )
             .await;
             let summary = match result {
@@ -463,6 +552,41 @@ mod tests {
 
     /// How long tests wait for one expected event before failing.
     const TEST_WAIT: Duration = Duration::from_secs(10);
+
+    /// A port on 127.0.0.1 that refuses connections: bound, so that nothing else can take it
+    /// (nor an outgoing connection pick it as its own port), but not listening. The port stays
+    /// reserved while the returned socket lives.
+    fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        (socket, port)
+    }
+
+    /// A destination that accepts one connection, sends `greeting` and reports when it has
+    /// accepted and, later, how reading from the connection ended.
+    async fn watched_destination(
+        greeting: &'static [u8],
+    ) -> (
+        u16,
+        oneshot::Receiver<()>,
+        tokio::task::JoinHandle<std::io::Result<usize>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, accepted) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(greeting).await.unwrap();
+            let _ = accepted_tx.send(());
+            let mut buf = [0u8; 64];
+            socket.read(&mut buf).await
+        });
+        (port, accepted, task)
+    }
+
+    /// smux v1 SYN for stream 3, exactly as the official client opens its first stream.
+    const SYN_STREAM_3: [u8; 8] = [1, 0, 0, 0, 3, 0, 0, 0];
 
     async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -548,11 +672,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refusing_port_stays_reserved_and_refuses_connections() {
+        let (_reserved, port) = refusing_port();
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+        let refused = TcpStream::connect(("127.0.0.1", port)).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
     async fn refused_destination_fails_the_session() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let (_reserved, port) = refusing_port();
         let (ctx, _input, _out, _cancel) = context(1024, "1.2.677.0");
         let spec = PortSpec {
             host: "127.0.0.1".into(),
@@ -598,10 +727,7 @@ mod tests {
 
     #[tokio::test]
     async fn mux_mode_reports_a_refused_stream_with_connect_to_port_error() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let (_reserved, port) = refusing_port();
         let (ctx, input, mut out, cancel) = context(1024, "1.2.677.0");
         let spec = PortSpec {
             host: "127.0.0.1".into(),
@@ -609,8 +735,7 @@ mod tests {
             local_port_forwarding: true,
         };
         let session = tokio::spawn(run(spec, ctx));
-        // smux v1 SYN for stream 3, exactly as the official client opens its first stream.
-        input.send(output(&[1, 0, 0, 0, 3, 0, 0, 0])).await.unwrap();
+        input.send(output(&SYN_STREAM_3)).await.unwrap();
         let mut saw_error = false;
         while !saw_error {
             let item = tokio::time::timeout(TEST_WAIT, out.recv())
@@ -622,5 +747,72 @@ mod tests {
         }
         cancel.cancel();
         assert_eq!(session.await.unwrap(), PluginOutcome::cancelled());
+    }
+
+    /// Runs a port session (multiplexed when `mux`) to a watched destination and ends it from
+    /// outside, as a failure when `failed`. Without `output_open` the data channel is gone
+    /// first: the destination's greeting finds it closed. Returns how the destination's read
+    /// ended.
+    async fn end_from_outside(
+        mux: bool,
+        failed: bool,
+        output_open: bool,
+    ) -> std::io::Result<usize> {
+        // Only a greeting that goes nowhere: data left unread when a socket is closed would
+        // make the close a reset in any case.
+        let greeting: &'static [u8] = if output_open { b"" } else { b"hello" };
+        let (port, accepted, destination) = watched_destination(greeting).await;
+        let (ctx, input, out, cancel) = context(1024, "1.2.677.0");
+        let abort = ctx.abort.clone();
+        let spec = PortSpec {
+            host: "127.0.0.1".into(),
+            port,
+            local_port_forwarding: mux,
+        };
+        if !output_open {
+            drop(out);
+        }
+        let session = tokio::spawn(run(spec, ctx));
+        if mux {
+            input.send(output(&SYN_STREAM_3)).await.unwrap();
+        }
+        tokio::time::timeout(TEST_WAIT, accepted)
+            .await
+            .unwrap()
+            .unwrap();
+        if !output_open {
+            // Time for the greeting to meet the closed data channel.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if failed {
+            abort.cancel();
+        }
+        cancel.cancel();
+        assert_eq!(session.await.unwrap(), PluginOutcome::cancelled());
+        tokio::time::timeout(TEST_WAIT, destination)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_session_resets_its_destination_connections() {
+        for (mux, output_open) in [(false, true), (true, true), (false, false), (true, false)] {
+            let read = end_from_outside(mux, true, output_open).await;
+            let kind = read.as_ref().map_err(std::io::Error::kind);
+            assert_eq!(
+                kind,
+                Err(std::io::ErrorKind::ConnectionReset),
+                "mux {mux}, data channel open {output_open}: {read:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_ended_normally_closes_its_destination_connections() {
+        for mux in [false, true] {
+            let read = end_from_outside(mux, false, true).await;
+            assert_eq!(read.unwrap(), 0, "mux {mux}");
+        }
     }
 }

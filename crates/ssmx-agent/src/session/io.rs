@@ -187,10 +187,16 @@ pub(crate) struct PluginContext {
     pub(crate) input: mpsc::Receiver<Input>,
     /// Cancelled when the session must end now (terminate, channel closed, timeout).
     pub(crate) cancel: CancellationToken,
+    /// Cancelled just before `cancel` when the session ends abnormally (its data channel
+    /// failed): connections are then aborted rather than closed, so their other end sees it.
+    pub(crate) abort: CancellationToken,
     /// Largest payload to send in one message.
     pub(crate) max_payload: usize,
     /// The client's version from the handshake (`""` without handshake).
     pub(crate) client_version: String,
+    /// The client answered the handshake as an ssmx client, so it takes more than the limits of
+    /// the official ends.
+    pub(crate) ssmx_client: bool,
     /// Between SIGHUP and SIGKILL when processes are ended.
     pub(crate) kill_grace: Duration,
 }
@@ -313,8 +319,10 @@ pub(crate) mod test_support {
             output: Output::new(Arc::new(QueueSink(out_tx)), None, true, Activity::new()),
             input: in_rx,
             cancel: cancel.clone(),
+            abort: CancellationToken::new(),
             max_payload,
             client_version: client_version.into(),
+            ssmx_client: false,
             kill_grace: Duration::from_millis(300),
         };
         (ctx, in_tx, out_rx, cancel)

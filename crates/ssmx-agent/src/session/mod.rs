@@ -173,6 +173,7 @@ async fn run_plugin(
     let timing = &env.config.timing;
     let mut client_version = String::new();
     let mut max_payload = ChannelConfig::new(Role::Agent).max_payload;
+    let mut ssmx_client = false;
     let mut cipher = None;
     if let Some(properties) = plan.handshake.clone() {
         let encryption = plan.kms_key_id.as_deref().map(|key_id| Encryption {
@@ -199,6 +200,7 @@ async fn run_plugin(
                 client_version = negotiated.client_version;
                 if let Some(agreed) = negotiated.max_payload {
                     max_payload = agreed;
+                    ssmx_client = true;
                 }
                 cipher = negotiated.cipher;
             }
@@ -222,12 +224,15 @@ async fn run_plugin(
     let output = Output::new(sink, transcript, record_output, activity.clone());
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
     let plugin_cancel = cancel.child_token();
+    let plugin_abort = CancellationToken::new();
     let ctx = PluginContext {
         output,
         input: input_rx,
         cancel: plugin_cancel.clone(),
+        abort: plugin_abort.clone(),
         max_payload,
         client_version,
+        ssmx_client,
         kill_grace: timing.kill_grace,
     };
     let (idle_timeout, max_duration) = (plan.idle_timeout, plan.max_duration);
@@ -251,6 +256,9 @@ async fn run_plugin(
                 event = &mut receive, if receiving => {
                     receiving = false;
                     tracing::info!(?event, "data channel ended");
+                    if matches!(event, DataEvent::Failed(_)) {
+                        plugin_abort.cancel();
+                    }
                     interrupt.get_or_insert(Interrupt::Channel(event));
                     plugin_cancel.cancel();
                 }

@@ -106,6 +106,7 @@ impl Stack {
         let ssm = aws_sdk_ssm::Client::from_conf(
             aws_sdk_ssm::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
+                .interceptor(ssmx_client::UniqueSignatures)
                 .region(Region::new("us-east-1"))
                 .endpoint_url(gateway.url())
                 .credentials_provider(Credentials::new(
@@ -270,12 +271,7 @@ impl TestSession {
         version: &str,
         max_payload: Option<u32>,
     ) -> (HandshakeRequest, HandshakeComplete) {
-        let request: HandshakeRequest = match self.next().await {
-            Seen::Payload(PayloadType::HandshakeRequest, payload) => {
-                from_json("HandshakeRequest", &payload).unwrap()
-            }
-            other => panic!("expected a HandshakeRequest, got {other:?}"),
-        };
+        let request = self.handshake_request().await;
         let response = HandshakeResponse {
             client_version: version.into(),
             processed_client_actions: request
@@ -300,13 +296,27 @@ impl TestSession {
         if let Some(m) = max_payload {
             self.tx.set_max_payload(m as usize);
         }
-        let complete: HandshakeComplete = match self.next().await {
+        (request, self.handshake_complete().await)
+    }
+
+    /// The agent's HandshakeRequest, which must come next.
+    pub async fn handshake_request(&mut self) -> HandshakeRequest {
+        match self.next().await {
+            Seen::Payload(PayloadType::HandshakeRequest, payload) => {
+                from_json("HandshakeRequest", &payload).unwrap()
+            }
+            other => panic!("expected a HandshakeRequest, got {other:?}"),
+        }
+    }
+
+    /// The agent's HandshakeComplete, which must come next.
+    pub async fn handshake_complete(&mut self) -> HandshakeComplete {
+        match self.next().await {
             Seen::Payload(PayloadType::HandshakeComplete, payload) => {
                 from_json("HandshakeComplete", &payload).unwrap()
             }
             other => panic!("expected HandshakeComplete, got {other:?}"),
-        };
-        (request, complete)
+        }
     }
 
     /// Sends keystrokes / port bytes.

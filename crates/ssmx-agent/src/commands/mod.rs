@@ -1,0 +1,678 @@
+//! Run Command (RUNCOMMAND.md §3, OFFICIAL-AGENT.md §9): `agent_job` frames from the control
+//! channel are acknowledged, their documents run (at most N at once, the rest queued) and their
+//! progress replied; cancel jobs stop a running document. Job ids, document progress and
+//! unacknowledged replies are kept on disk (see [`state`]) so that a restarted agent neither runs
+//! a job twice nor loses its result.
+
+mod document;
+mod outbox;
+mod shell;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ssmx_protocol::command::{
+    ack_code, document_status, limits, topic, truncate_chars, AdditionalInfo, AgentInfo, AgentJob,
+    AgentJobAck, AgentJobReply, CancelCommandPayload, CommandReply, PluginResult,
+    SendCommandPayload, ERROR_SEPARATOR,
+};
+use ssmx_protocol::message::now_millis;
+use ssmx_protocol::version::AGENT_VERSION;
+use ssmx_protocol::AgentMessage;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::config::AgentConfig;
+use document::{Plan, Step, RUN_SHELL_SCRIPT};
+pub(crate) use outbox::{Outbox, Outgoing};
+use shell::{ShellContext, ShellInputs, Stopped, KILLED_EXIT_CODE};
+use state::{DocumentState, Stage, Store, StoredReply};
+
+/// Exit code asking for a reboot: reported SuccessAndReboot (the host is not rebooted).
+pub(crate) const REBOOT_EXIT_CODE: i64 = 194;
+/// Exit code: the step succeeded, skip the remaining steps.
+const EXIT_WITH_SUCCESS: i64 = 168;
+/// Exit code: the step failed, skip the remaining steps.
+const EXIT_WITH_FAILURE: i64 = 169;
+/// How long a job id is remembered.
+const SEEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// `name` in replies (as the official agent).
+const AGENT_NAME: &str = "amazon-ssm-agent";
+/// `standardOutput` truncation marker.
+const STDOUT_TRUNCATED: &str = "--output truncated--";
+/// Markers inside a truncated `output`.
+const OUTPUT_TRUNCATED: &str = "\n---Output truncated---";
+const ERROR_TRUNCATED: &str = "\n---Error truncated----";
+/// Output of a step that was running when the agent stopped.
+const INTERRUPTED: &str = "The agent stopped while this step was running.";
+/// How long shutdown waits for running scripts to be killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Run Command settings taken from the agent's configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    dir: Option<PathBuf>,
+    max_concurrent: usize,
+    instance_id: String,
+    region: String,
+}
+
+impl Settings {
+    /// The Run Command part of `config`.
+    pub(crate) fn new(config: &AgentConfig) -> Self {
+        Self {
+            dir: config
+                .commands_dir
+                .clone()
+                .or_else(|| crate::registration::default_state_dir().map(|d| d.join("commands"))),
+            max_concurrent: config.max_concurrent_documents.max(1),
+            instance_id: config.registration.instance_id.clone(),
+            region: config.registration.region.clone(),
+        }
+    }
+}
+
+/// The command engine: takes jobs, runs documents, hands frames to the control channel.
+#[derive(Clone)]
+pub(crate) struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` without a state directory: jobs are refused.
+    store: Option<Store>,
+    instance_id: String,
+    region: String,
+    agent: AgentInfo,
+    out: mpsc::UnboundedSender<Outgoing>,
+    permits: Arc<Semaphore>,
+    /// Cancel tokens of documents queued or running, by job id.
+    jobs: Mutex<HashMap<String, CancellationToken>>,
+    /// Fires on agent shutdown.
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Engine {
+    /// Reads the state directory, resumes the documents an earlier run left, and returns the
+    /// engine, the outbox (with the replies left unacknowledged) and the engine's frames.
+    pub(crate) fn start(
+        settings: Settings,
+        timing: crate::config::Timing,
+    ) -> (Self, Outbox, mpsc::UnboundedReceiver<Outgoing>) {
+        let store = settings.dir.clone().map(Store::new);
+        if store.is_none() {
+            tracing::warn!("Run Command disabled: no state directory");
+        }
+        let (out, frames) = mpsc::unbounded_channel();
+        let (_, osver) = crate::host_info::platform();
+        let engine = Self {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                instance_id: settings.instance_id,
+                region: settings.region,
+                agent: AgentInfo {
+                    lang: "en-US".into(),
+                    name: AGENT_NAME.into(),
+                    os: crate::host_info::PLATFORM_TYPE.into(),
+                    osver,
+                    ver: AGENT_VERSION.into(),
+                },
+                out,
+                permits: Arc::new(Semaphore::new(settings.max_concurrent)),
+                jobs: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        };
+        let outbox = Outbox::new(store.clone(), timing);
+        if let Some(store) = store {
+            store.prune_seen(SEEN_RETENTION);
+            for state in store.documents(Stage::Current) {
+                tracing::info!(job = %state.job_id, "resuming a document started before a restart");
+                engine.spawn(state, false);
+            }
+            for state in store.documents(Stage::Pending) {
+                tracing::info!(job = %state.job_id, "resubmitting a document received before a restart");
+                engine.spawn(state, true);
+            }
+        }
+        (engine, outbox, frames)
+    }
+
+    /// Handles an `agent_job` frame.
+    pub(crate) fn submit(&self, frame: &AgentMessage) {
+        let inner = &self.inner;
+        let ack = |job_id: &str, code: &str| {
+            let ack = AgentJobAck {
+                job_id: job_id.to_owned(),
+                acknowledged_message_id: frame.message_id.hyphenated().to_string(),
+                created_date: iso_millis(frame.created_date),
+                status_code: code.to_owned(),
+                error_message: ack_code::message(code).to_owned(),
+            };
+            inner.send(Outgoing::Once(ack.to_message()));
+        };
+        let job = match AgentJob::from_payload(&frame.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                let job_id = serde_json::from_slice::<serde_json::Value>(&frame.payload)
+                    .ok()
+                    .and_then(|v| v.get("JobId")?.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!(job = %job_id, "agent_job does not parse: {e}");
+                ack(&job_id, ack_code::PARSE_ERROR);
+                if !job_id.is_empty() {
+                    inner.first_reply(&job_id, topic::SEND_COMMAND, document_status::FAILED);
+                }
+                return;
+            }
+        };
+        let reply_topic = if job.is_cancel() {
+            topic::CANCEL_COMMAND
+        } else if job.topic.starts_with(topic::SEND_COMMAND) {
+            topic::SEND_COMMAND
+        } else {
+            tracing::warn!(job = %job.job_id, topic = %job.topic, "agent_job with an unknown topic");
+            ack(&job.job_id, ack_code::UNEXPECTED);
+            return;
+        };
+        let Some(store) = &inner.store else {
+            ack(&job.job_id, ack_code::CLOSED_PROCESSOR);
+            return;
+        };
+        if inner.shutdown.is_cancelled() {
+            ack(&job.job_id, ack_code::CLOSED_PROCESSOR);
+            return;
+        }
+        let parse_failed = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(job = %job.job_id, "{what} does not parse: {e}");
+            ack(&job.job_id, ack_code::PARSE_ERROR);
+            inner.first_reply(&job.job_id, reply_topic, document_status::FAILED);
+        };
+        if job.is_cancel() {
+            let cancel: CancelCommandPayload = match serde_json::from_str(&job.content) {
+                Ok(cancel) => cancel,
+                Err(e) => return parse_failed("cancel payload", &e),
+            };
+            if !self.record(store, &job.job_id, &ack) {
+                return;
+            }
+            ack(&job.job_id, ack_code::SUCCESSFUL);
+            inner.first_reply(&job.job_id, reply_topic, document_status::IN_PROGRESS);
+            let token = inner
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&cancel.cancel_message_id)
+                .cloned();
+            match token {
+                Some(token) => {
+                    tracing::info!(job = %cancel.cancel_message_id, "cancelling on request");
+                    token.cancel();
+                }
+                None => {
+                    tracing::info!(job = %cancel.cancel_message_id, "cancel for a command not running")
+                }
+            }
+            return;
+        }
+        let payload: SendCommandPayload = match serde_json::from_str(&job.content) {
+            Ok(payload) => payload,
+            Err(e) => return parse_failed("send-command payload", &e),
+        };
+        if !self.record(store, &job.job_id, &ack) {
+            return;
+        }
+        let steps = match document::steps(&payload.document_content, &payload.parameters) {
+            Ok(steps) => steps,
+            Err(e) => {
+                tracing::warn!(job = %job.job_id, "document cannot run: {e}");
+                ack(&job.job_id, ack_code::INVALID_DOCUMENT);
+                return;
+            }
+        };
+        let state = DocumentState {
+            job_id: job.job_id.clone(),
+            command_id: payload.command_id,
+            steps,
+            results: BTreeMap::new(),
+            running: None,
+        };
+        if let Err(e) = store.save(Stage::Pending, &state) {
+            tracing::warn!(job = %job.job_id, "cannot save the document state: {e}");
+            ack(&job.job_id, ack_code::UNEXPECTED);
+            return;
+        }
+        ack(&job.job_id, ack_code::SUCCESSFUL);
+        inner.first_reply(&job.job_id, reply_topic, document_status::IN_PROGRESS);
+        self.spawn(state, true);
+    }
+
+    /// Records `job_id` as seen; false (after acking DuplicateCommand or an error) when it cannot
+    /// run.
+    fn record(&self, store: &Store, job_id: &str, ack: &impl Fn(&str, &str)) -> bool {
+        match store.mark_seen(job_id) {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::info!(job = %job_id, "job received before; not run again");
+                ack(job_id, ack_code::DUPLICATE_COMMAND);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, "cannot record the job: {e}");
+                ack(job_id, ack_code::UNEXPECTED);
+                false
+            }
+        }
+    }
+
+    fn spawn(&self, state: DocumentState, pending: bool) {
+        let token = CancellationToken::new();
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(state.job_id.clone(), token.clone());
+        let inner = self.inner.clone();
+        self.inner.tracker.spawn(async move {
+            let job_id = state.job_id.clone();
+            inner.run(state, pending, token).await;
+            inner
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&job_id);
+        });
+    }
+
+    /// Stops every running script (their documents resume at the next start) and waits for it.
+    pub(crate) async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Run Command documents still stopping after the grace period");
+        }
+    }
+}
+
+impl Inner {
+    fn send(&self, outgoing: Outgoing) {
+        // The receiver lives as long as the control channel; after it, nothing can be sent.
+        let _ = self.out.send(outgoing);
+    }
+
+    fn reply(&self, status: &str, plugins: Option<BTreeMap<String, PluginResult>>) -> CommandReply {
+        let mut counts = BTreeMap::new();
+        for result in plugins.iter().flat_map(|p| p.values()) {
+            *counts.entry(result.status.clone()).or_insert(0) += 1;
+        }
+        CommandReply {
+            additional_info: AdditionalInfo {
+                agent: self.agent.clone(),
+                date_time: iso_millis(now_millis()),
+                run_id: String::new(),
+                runtime_status_counts: counts,
+                able_to_open_mgs_connection: None,
+            },
+            document_status: status.to_owned(),
+            document_trace_output: String::new(),
+            runtime_status: plugins,
+        }
+    }
+
+    /// The reply sent once on acceptance (or with a parse failure).
+    fn first_reply(&self, job_id: &str, topic: &str, status: &str) {
+        let reply = AgentJobReply::new(job_id.to_owned(), topic, &self.reply(status, None));
+        self.send(Outgoing::Once(reply.to_message()));
+    }
+
+    /// A tracked reply for the document `state`.
+    fn tracked_reply(&self, state: &DocumentState, reply: &CommandReply, is_final: bool) {
+        let frame = AgentJobReply::new(state.job_id.clone(), topic::SEND_COMMAND, reply);
+        let payload = serde_json::to_string(&frame).expect("replies serialise");
+        self.send(Outgoing::Tracked(StoredReply {
+            job_id: state.job_id.clone(),
+            message_id: Uuid::new_v4(),
+            created_ms: now_millis(),
+            payload,
+            is_final,
+        }));
+    }
+
+    fn save(&self, stage: Stage, state: &DocumentState) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(stage, state) {
+                tracing::warn!(job = %state.job_id, "cannot save the document state: {e}");
+            }
+        }
+    }
+
+    /// Runs (or resumes) one document to its final reply.
+    async fn run(&self, mut state: DocumentState, pending: bool, cancel: CancellationToken) {
+        let _permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = cancel.cancelled() => None,
+            () = self.shutdown.cancelled() => return,
+        };
+        if let (true, Some(store)) = (pending, &self.store) {
+            if let Err(e) = store.start(&state) {
+                tracing::warn!(job = %state.job_id, "cannot save the document state: {e}");
+            }
+        }
+        if let Some((step_id, pgid)) = state.running.take() {
+            // The step was running when the agent stopped: its processes are ended and it
+            // counts as failed.
+            if pgid > 0 && group_runs_script(pgid, &state) {
+                shell::kill_group(pgid);
+            }
+            let now = iso_millis(now_millis());
+            let step = state.steps.iter().find(|s| s.id == step_id).cloned();
+            if let Some(step) = step {
+                let result = failed_result(&step, INTERRUPTED, &now, &now);
+                self.finish_step(&mut state, &step, result);
+            }
+        }
+        let steps = state.steps.clone();
+        for step in &steps {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if let Some(result) = state.results.get(&step.id) {
+                if stops_document(step, result) {
+                    break;
+                }
+                continue;
+            }
+            let Some(result) = self.run_step(&mut state, step, &cancel).await else {
+                // The agent is stopping: the document resumes at the next start.
+                return;
+            };
+            let stop = stops_document(step, &result);
+            self.finish_step(&mut state, step, result);
+            if stop {
+                break;
+            }
+        }
+        let status = if cancel.is_cancelled() {
+            document_status::CANCELLED.to_owned()
+        } else {
+            document_result(state.results.values())
+        };
+        let reply = self.reply(&status, Some(state.results.clone()));
+        let fits = serde_json::to_string(&reply).map_or(0, |s| s.len()) <= limits::REPLY_CONTENT;
+        let reply = if fits {
+            reply
+        } else {
+            self.reply(&status, None)
+        };
+        tracing::info!(job = %state.job_id, status = %status, "document finished");
+        self.tracked_reply(&state, &reply, true);
+    }
+
+    /// Records a finished step and replies with it.
+    fn finish_step(&self, state: &mut DocumentState, step: &Step, result: PluginResult) {
+        let mut plugin = BTreeMap::new();
+        plugin.insert(step.id.clone(), result.clone());
+        state.results.insert(step.id.clone(), result);
+        state.running = None;
+        self.save(Stage::Current, state);
+        let reply = self.reply(document_status::IN_PROGRESS, Some(plugin));
+        self.tracked_reply(state, &reply, false);
+    }
+
+    /// Runs one step; `None` when the agent is stopping.
+    async fn run_step(
+        &self,
+        state: &mut DocumentState,
+        step: &Step,
+        cancel: &CancellationToken,
+    ) -> Option<PluginResult> {
+        let start = iso_millis(now_millis());
+        let message = match &step.plan {
+            Plan::Skip(message) => {
+                return Some(PluginResult {
+                    status: document_status::SKIPPED.into(),
+                    output: message.clone(),
+                    standard_output: message.clone(),
+                    ..base_result(step, &start, &start)
+                })
+            }
+            Plan::Fail(message) => message.clone(),
+            Plan::Run if step.action == RUN_SHELL_SCRIPT => {
+                match ShellInputs::parse(&step.inputs) {
+                    Ok(inputs) => return self.run_shell(state, step, &inputs, cancel, start).await,
+                    Err(message) => message,
+                }
+            }
+            Plan::Run => format!(
+                "Plugin with name {} not found. Step name: {}",
+                step.action, step.id
+            ),
+        };
+        let end = iso_millis(now_millis());
+        Some(failed_result(step, &message, &start, &end))
+    }
+
+    async fn run_shell(
+        &self,
+        state: &mut DocumentState,
+        step: &Step,
+        inputs: &ShellInputs,
+        cancel: &CancellationToken,
+        start: String,
+    ) -> Option<PluginResult> {
+        let store = self.store.as_ref()?;
+        let command_id = state.command_id.clone();
+        let ctx = ShellContext {
+            dir: store.script_dir(&command_id, &step.id),
+            instance_id: &self.instance_id,
+            region: &self.region,
+            command_id: &command_id,
+        };
+        state.running = Some((step.id.clone(), 0));
+        self.save(Stage::Current, state);
+        let stop = cancel.child_token();
+        let on_shutdown = {
+            let stop = stop.clone();
+            let shutdown = self.shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            }
+        };
+        let watcher = tokio::spawn(on_shutdown);
+        let outcome = shell::run(inputs, &ctx, &stop, |pgid| {
+            state.running = Some((step.id.clone(), pgid));
+            self.save(Stage::Current, state);
+        })
+        .await;
+        watcher.abort();
+        if let (Some((_, pgid)), Some(_)) = (state.running.as_ref(), outcome.stopped) {
+            // What the stopped script started in the background goes with it.
+            shell::kill_group(*pgid);
+        }
+        if self.shutdown.is_cancelled() && outcome.stopped == Some(Stopped::Cancelled) {
+            return None;
+        }
+        let end = iso_millis(now_millis());
+        let cancelled = outcome.stopped == Some(Stopped::Cancelled);
+        let timed_out = outcome.stopped == Some(Stopped::TimedOut);
+        let status = match outcome.code {
+            0 | EXIT_WITH_SUCCESS => document_status::SUCCESS,
+            REBOOT_EXIT_CODE => {
+                tracing::warn!(job = %state.job_id, step = %step.id, "the script asked for a reboot; the host is not rebooted");
+                document_status::SUCCESS_AND_REBOOT
+            }
+            KILLED_EXIT_CODE if cancelled => document_status::CANCELLED,
+            KILLED_EXIT_CODE if timed_out => document_status::TIMED_OUT,
+            _ => document_status::FAILED,
+        };
+        Some(PluginResult {
+            status: status.into(),
+            code: outcome.code,
+            output: output_summary(&outcome.stdout, &outcome.stderr),
+            standard_output: standard_output(&outcome.stdout),
+            standard_error: truncate_chars(&outcome.stderr, limits::STANDARD_ERROR).to_owned(),
+            ..base_result(step, &start, &end)
+        })
+    }
+}
+
+/// True when `pgid` still leads a process running one of the document's scripts (not a reused
+/// process id).
+fn group_runs_script(pgid: i32, state: &DocumentState) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pgid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline.contains(shell::SCRIPT_NAME) && cmdline.contains(&state.command_id)
+}
+
+/// Whether the steps after `step` are skipped.
+fn stops_document(step: &Step, result: &PluginResult) -> bool {
+    matches!(result.code, EXIT_WITH_SUCCESS | EXIT_WITH_FAILURE)
+        || (step.exit_on_failure
+            && matches!(
+                result.status.as_str(),
+                document_status::FAILED | document_status::TIMED_OUT | document_status::CANCELLED
+            ))
+        || result.status == document_status::CANCELLED
+}
+
+/// The document's status from its plugins: SuccessAndReboot > Failed > TimedOut > Cancelled >
+/// Success.
+fn document_result<'a>(results: impl Iterator<Item = &'a PluginResult>) -> String {
+    let order = [
+        document_status::SUCCESS_AND_REBOOT,
+        document_status::FAILED,
+        document_status::TIMED_OUT,
+        document_status::CANCELLED,
+    ];
+    let statuses: Vec<&str> = results.map(|r| r.status.as_str()).collect();
+    order
+        .iter()
+        .find(|s| statuses.contains(s))
+        .unwrap_or(&document_status::SUCCESS)
+        .to_string()
+}
+
+fn base_result(step: &Step, start: &str, end: &str) -> PluginResult {
+    PluginResult {
+        name: step.action.clone(),
+        step_name: step.step_name.clone(),
+        start_date_time: start.to_owned(),
+        end_date_time: end.to_owned(),
+        ..PluginResult::default()
+    }
+}
+
+fn failed_result(step: &Step, message: &str, start: &str, end: &str) -> PluginResult {
+    PluginResult {
+        status: document_status::FAILED.into(),
+        code: 1,
+        output: output_summary("", message),
+        standard_error: truncate_chars(message, limits::STANDARD_ERROR).to_owned(),
+        ..base_result(step, start, end)
+    }
+}
+
+/// `standardOutput`: at most [`limits::STANDARD_OUTPUT`] characters, the end replaced by a marker
+/// when cut.
+fn standard_output(stdout: &str) -> String {
+    if stdout.chars().count() <= limits::STANDARD_OUTPUT {
+        return stdout.to_owned();
+    }
+    let keep = limits::STANDARD_OUTPUT - STDOUT_TRUNCATED.len();
+    format!("{}{STDOUT_TRUNCATED}", truncate_chars(stdout, keep))
+}
+
+/// `output`: stdout, the separator and stderr (the separator only with stderr), cut to
+/// [`limits::OUTPUT`] characters as the official agent cuts it.
+fn output_summary(stdout: &str, stderr: &str) -> String {
+    let (out_len, err_len) = (stdout.chars().count(), stderr.chars().count());
+    let separator = if err_len > 0 { ERROR_SEPARATOR } else { "" };
+    let space = limits::OUTPUT - separator.len();
+    if out_len + err_len < space {
+        return format!("{stdout}{separator}{stderr}");
+    }
+    if out_len > space / 2 && err_len > space / 2 {
+        let half = (space - OUTPUT_TRUNCATED.len() - ERROR_TRUNCATED.len()) / 2;
+        return format!(
+            "{}{OUTPUT_TRUNCATED}{separator}{}{ERROR_TRUNCATED}",
+            truncate_chars(stdout, half),
+            truncate_chars(stderr, half)
+        );
+    }
+    if out_len < space / 2 {
+        let keep = space - ERROR_TRUNCATED.len() - out_len;
+        return format!(
+            "{stdout}{separator}{}{ERROR_TRUNCATED}",
+            truncate_chars(stderr, keep)
+        );
+    }
+    let keep = space - OUTPUT_TRUNCATED.len() - err_len;
+    format!(
+        "{}{OUTPUT_TRUNCATED}{separator}{stderr}",
+        truncate_chars(stdout, keep)
+    )
+}
+
+/// Unix milliseconds as ISO-8601 UTC with milliseconds.
+fn iso_millis(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_as_the_official_agent_cuts_it() {
+        assert_eq!(output_summary("out\n", ""), "out\n");
+        assert_eq!(
+            output_summary("hello\n", "err"),
+            format!("hello\n{ERROR_SEPARATOR}err")
+        );
+        let long = "x".repeat(5000);
+        let both = output_summary(&long, &long);
+        assert_eq!(both.chars().count(), limits::OUTPUT);
+        assert!(both.contains(OUTPUT_TRUNCATED) && both.ends_with(ERROR_TRUNCATED));
+        let out_only = output_summary(&long, "");
+        assert!(out_only.ends_with(OUTPUT_TRUNCATED));
+        assert_eq!(out_only.chars().count(), limits::OUTPUT);
+        let err_long = output_summary("a", &long);
+        assert!(err_long.starts_with(&format!("a{ERROR_SEPARATOR}")));
+        assert_eq!(err_long.chars().count(), limits::OUTPUT);
+        let stdout = standard_output(&"é".repeat(30_000));
+        assert_eq!(stdout.chars().count(), limits::STANDARD_OUTPUT);
+        assert!(stdout.ends_with(STDOUT_TRUNCATED));
+    }
+
+    #[test]
+    fn document_status_precedence() {
+        let r = |s: &str| PluginResult {
+            status: s.into(),
+            ..PluginResult::default()
+        };
+        let all = [r("Success"), r("Cancelled"), r("Failed"), r("Skipped")];
+        assert_eq!(document_result(all.iter()), "Failed");
+        assert_eq!(document_result([r("Skipped")].iter()), "Success");
+        assert_eq!(
+            document_result([r("TimedOut"), r("Cancelled")].iter()),
+            "TimedOut"
+        );
+        assert_eq!(iso_millis(1_729_534_091_000), "2024-10-21T18:08:11.000Z");
+    }
+}

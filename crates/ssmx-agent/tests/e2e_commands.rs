@@ -1,0 +1,824 @@
+//! Run Command on the agent, end to end: a scripted control-channel peer (a minimal MGS in this
+//! test) sends `agent_job` frames and checks the agent's acks and replies — their shape with the
+//! official field names, output separator and truncation, step statuses, cancel and timeout
+//! killing whole process groups, duplicate jobs across restarts, an agent killed with SIGKILL
+//! mid-command (a real child process) resuming without re-running finished steps, and replies
+//! re-sent until acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use ssmx_agent::{Agent, AgentConfig, Backoff, Registration};
+use ssmx_protocol::command::{
+    job_id, topic, AgentJob, AgentJobAck, AgentJobReply, AgentJobReplyAck, CancelCommandPayload,
+    CommandReply, SendCommandPayload, ERROR_SEPARATOR,
+};
+use ssmx_protocol::payload::create_channel_output_xml;
+use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
+use tokio::sync::{mpsc, oneshot};
+
+const INSTANCE_ID: &str = "mi-0123456789abcdef0";
+const STEP: Duration = Duration::from_secs(30);
+const SEND_TOPIC: &str = "aws.ssm.sendCommand.us-east-1.2.0";
+/// Set in the environment of the child-process agent: its MGS URL.
+const CHILD_URL: &str = "SSMX_E2E_COMMANDS_CHILD_URL";
+/// Set in the environment of the child-process agent: its Run Command state directory.
+const CHILD_DIR: &str = "SSMX_E2E_COMMANDS_CHILD_DIR";
+
+// ---------------------------------------------------------------------------------------------
+// A minimal MGS: REST calls answered, control channels handed to the test.
+
+/// One control channel the agent opened.
+struct Peer {
+    to_agent: mpsc::UnboundedSender<Message>,
+    from_agent: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Peer {
+    fn send(&self, msg: &AgentMessage) {
+        self.to_agent.send(Message::Binary(msg.to_bytes())).unwrap();
+    }
+
+    /// Drops the connection (the agent reconnects).
+    fn close(&self) {
+        let _ = self.to_agent.send(Message::Close(None));
+    }
+
+    /// The next frame from the agent within `wait`; `None` on silence or a closed socket.
+    async fn recv_within(&mut self, wait: Duration) -> Option<AgentMessage> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.from_agent.recv())
+                .await
+                .ok()??;
+            match message {
+                Message::Binary(b) => return Some(AgentMessage::decode(b).expect("valid frame")),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next Run Command frame (`agent_job_ack` or `agent_job_reply`).
+    async fn recv_job_frame(&mut self) -> AgentMessage {
+        loop {
+            let msg = self
+                .recv_within(STEP)
+                .await
+                .expect("a Run Command frame in time");
+            if matches!(
+                msg.message_type,
+                MessageType::AgentJobAck | MessageType::AgentJobReply
+            ) {
+                return msg;
+            }
+        }
+    }
+
+    /// The next `agent_job_ack`, raw and parsed.
+    async fn ack(&mut self) -> (AgentMessage, AgentJobAck) {
+        let msg = self.recv_job_frame().await;
+        assert_eq!(msg.message_type, MessageType::AgentJobAck, "{msg:?}");
+        let ack = serde_json::from_slice(&msg.payload).unwrap();
+        (msg, ack)
+    }
+
+    /// The next `agent_job_reply`, raw, its envelope and its content.
+    async fn reply(&mut self) -> Reply {
+        let msg = self.recv_job_frame().await;
+        assert_eq!(msg.message_type, MessageType::AgentJobReply, "{msg:?}");
+        let envelope: AgentJobReply = serde_json::from_slice(&msg.payload).unwrap();
+        let content = envelope.reply().unwrap();
+        Reply {
+            msg,
+            envelope,
+            content,
+        }
+    }
+
+    /// Acknowledges a reply as the service does.
+    fn ack_reply(&self, reply: &Reply) {
+        let ack = AgentJobReplyAck {
+            job_id: reply.envelope.job_id.clone(),
+            acknowledged_message_id: reply.msg.message_id.to_string(),
+        };
+        self.send(&ack.to_message());
+    }
+
+    /// Replies of `job` (acknowledged) up to and including its final one.
+    async fn until_final(&mut self, job: &str) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        loop {
+            let reply = self.reply().await;
+            if reply.envelope.job_id != job {
+                continue;
+            }
+            self.ack_reply(&reply);
+            let done = reply.content.document_status != "InProgress";
+            replies.push(reply);
+            if done {
+                return replies;
+            }
+        }
+    }
+}
+
+struct Reply {
+    msg: AgentMessage,
+    envelope: AgentJobReply,
+    content: CommandReply,
+}
+
+impl Reply {
+    /// The single plugin of an intermediate reply.
+    fn plugin(&self) -> (&String, &ssmx_protocol::command::PluginResult) {
+        let plugins = self.content.runtime_status.as_ref().expect("runtimeStatus");
+        assert_eq!(plugins.len(), 1, "{plugins:?}");
+        plugins.iter().next().unwrap()
+    }
+}
+
+struct FakeMgs {
+    url: String,
+    peers: mpsc::UnboundedReceiver<Peer>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeMgs {
+    async fn start() -> Self {
+        let (peers_tx, peers) = mpsc::unbounded_channel();
+        let app = Router::new()
+            .route("/", post(|| async { "{}" }))
+            .route(
+                "/v1/control-channel/{id}",
+                post(create_control).get(upgrade),
+            )
+            .with_state(peers_tx);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            url,
+            peers,
+            _server: server,
+        }
+    }
+
+    async fn next_peer(&mut self) -> Peer {
+        tokio::time::timeout(STEP, self.peers.recv())
+            .await
+            .expect("the agent opens its control channel in time")
+            .unwrap()
+    }
+}
+
+async fn create_control() -> Response {
+    (
+        StatusCode::CREATED,
+        create_channel_output_xml("control-token"),
+    )
+        .into_response()
+}
+
+async fn upgrade(
+    State(peers): State<mpsc::UnboundedSender<Peer>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| bridge(socket, peers))
+}
+
+async fn bridge(mut socket: WebSocket, peers: mpsc::UnboundedSender<Peer>) {
+    match socket.recv().await {
+        Some(Ok(Message::Text(_))) => {}
+        other => panic!("expected OpenControlChannel first, got {other:?}"),
+    }
+    let (to_agent, mut outgoing) = mpsc::unbounded_channel();
+    let (incoming, from_agent) = mpsc::unbounded_channel();
+    let _ = peers.send(Peer {
+        to_agent,
+        from_agent,
+    });
+    loop {
+        tokio::select! {
+            out = outgoing.recv() => match out {
+                Some(Message::Close(_)) | None => return,
+                Some(message) => {
+                    if socket.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            inc = socket.recv() => match inc {
+                Some(Ok(message)) => {
+                    let _ = incoming.send(message);
+                }
+                _ => {
+                    let _ = incoming.send(Message::Close(None));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent under test.
+
+fn agent_config(url: &str, commands_dir: &Path) -> AgentConfig {
+    if let Ok(filter) = std::env::var("SSMX_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let mut config = AgentConfig::new(Registration {
+        gateway_url: url.to_owned(),
+        instance_id: INSTANCE_ID.into(),
+        region: "us-east-1".into(),
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "secret".into(),
+    });
+    config.commands_dir = Some(commands_dir.to_owned());
+    config.timing.control_backoff = Backoff {
+        initial_min: Duration::from_millis(20),
+        initial_max: Duration::from_millis(40),
+        multiplier: 2.0,
+        jitter: 0.0,
+        cap: Duration::from_millis(200),
+    };
+    config.timing.control_reopen_pause = Duration::from_millis(50);
+    config
+}
+
+/// An agent running in this process until [`InProcess::stop`].
+struct InProcess {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    fn start(config: AgentConfig) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            Agent::new(config)
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(STEP, self.task)
+            .await
+            .expect("agent stops")
+            .unwrap();
+    }
+}
+
+/// Not a test of its own: the agent of [`killed_agent_resumes_without_rerunning_finished_steps`],
+/// run as a separate process of this test binary.
+#[test]
+fn child_agent() {
+    let (Ok(url), Ok(dir)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DIR)) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = agent_config(&url, Path::new(&dir));
+        Agent::new(config)
+            .run(std::future::pending::<()>())
+            .await
+            .unwrap();
+    });
+}
+
+fn spawn_child_agent(url: &str, dir: &Path) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_agent", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_URL, url)
+        .env(CHILD_DIR, dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("child agent starts")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs.
+
+/// AWS-RunShellScript as the service sends it (OFFICIAL-AGENT.md §9.3).
+fn run_shell_script() -> Value {
+    json!({"schemaVersion":"1.2","description":"Run a shell script.",
+        "parameters":{"commands":{"type":"StringList","description":"…"},
+            "workingDirectory":{"type":"String","default":"","description":"…"},
+            "executionTimeout":{"type":"String","default":"3600","description":"…"}},
+        "runtimeConfig":{"aws:runShellScript":{"properties":[{"id":"0.aws:runShellScript",
+            "runCommand":"{{ commands }}","workingDirectory":"{{ workingDirectory }}",
+            "timeoutSeconds":"{{ executionTimeout }}"}]}}})
+}
+
+fn send_job(command_id: &str, document: Value, parameters: Value) -> AgentMessage {
+    let payload = SendCommandPayload {
+        command_id: command_id.into(),
+        document_name: "Test-Document".into(),
+        document_content: document,
+        parameters: serde_json::from_value(parameters).unwrap(),
+        cloud_watch_output_enabled: "false".into(),
+        ..Default::default()
+    };
+    AgentJob::new(job_id(command_id, INSTANCE_ID), SEND_TOPIC, &payload).to_message()
+}
+
+fn shell_job(command_id: &str, commands: &[&str], timeout: &str) -> AgentMessage {
+    send_job(
+        command_id,
+        run_shell_script(),
+        json!({"commands": commands, "workingDirectory": "", "executionTimeout": timeout}),
+    )
+}
+
+fn cancel_job(cancel_id: &str, target: &str) -> AgentMessage {
+    AgentJob::new(
+        job_id(cancel_id, INSTANCE_ID),
+        "aws.ssm.cancelCommand.us-east-1.2.0",
+        &CancelCommandPayload {
+            cancel_message_id: job_id(target, INSTANCE_ID),
+        },
+    )
+    .to_message()
+}
+
+fn iso(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// Accepts `job` (ack 200 naming its frame, then the untracked InProgress reply).
+async fn expect_accepted(peer: &mut Peer, job: &AgentMessage) {
+    let (_, ack) = peer.ack().await;
+    let sent = AgentJob::from_payload(&job.payload).unwrap();
+    assert_eq!(ack.job_id, sent.job_id);
+    assert_eq!(ack.acknowledged_message_id, job.message_id.to_string());
+    assert_eq!(ack.status_code, "200");
+    let first = peer.reply().await;
+    assert_eq!(first.envelope.job_id, sent.job_id);
+    assert_eq!(first.content.document_status, "InProgress");
+    assert_eq!(first.content.runtime_status, None);
+}
+
+/// Waits until `path` exists and returns its trimmed text.
+async fn wait_for_file(path: &Path) -> String {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text.trim().to_owned();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until no process is left in group `pgid`.
+async fn assert_group_gone(pgid: i32) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while killpg(Pid::from_raw(pgid), None).is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process group {pgid} survived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_have_the_official_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+
+    let job = shell_job(
+        "c-shape",
+        &[
+            "echo \"$AWS_SSM_INSTANCE_ID $AWS_SSM_REGION_NAME $SSM_COMMAND_ID\"",
+            "echo to-stderr >&2",
+            "exit 3",
+        ],
+        "3600",
+    );
+    peer.send(&job);
+    let (raw_ack, ack) = peer.ack().await;
+    let text = String::from_utf8(raw_ack.payload.to_vec()).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            r#"{{"jobId":"{}","acknowledgedMessageId":"{}","createdDate":"{}","statusCode":"200","errorMessage":"Successful"}}"#,
+            job_id("c-shape", INSTANCE_ID),
+            job.message_id.hyphenated(),
+            iso(job.created_date)
+        )
+    );
+    assert_eq!(ack.status_code, "200");
+    let first = peer.reply().await;
+    let raw = String::from_utf8(first.msg.payload.to_vec()).unwrap();
+    assert!(
+        raw.starts_with(r#"{"schemaVersion":1,"jobId":"aws.ssm.c-shape."#),
+        "{raw}"
+    );
+    assert!(raw.ends_with(r#","topic":"aws.ssm.sendCommand"}"#), "{raw}");
+    assert!(first.envelope.content.starts_with(
+        r#"{"additionalInfo":{"agent":{"lang":"en-US","name":"amazon-ssm-agent","os":"linux""#
+    ));
+    assert!(first.envelope.content.contains(r#""runtimeStatus":null"#));
+    assert_eq!(first.content.document_status, "InProgress");
+
+    let replies = peer.until_final(&job_id("c-shape", INSTANCE_ID)).await;
+    assert_eq!(replies.len(), 2, "one per plugin and a final one");
+    let (id, plugin) = replies[0].plugin();
+    assert_eq!(id, "aws:runShellScript");
+    assert_eq!(replies[0].content.document_status, "InProgress");
+    assert_eq!(plugin.status, "Failed");
+    assert_eq!(plugin.code, 3);
+    assert_eq!(plugin.name, "aws:runShellScript");
+    let stdout = format!("{INSTANCE_ID} us-east-1 c-shape\n");
+    let stderr = "to-stderr\nfailed to run commands: exit status 3";
+    assert_eq!(plugin.standard_output, stdout);
+    assert_eq!(plugin.standard_error, stderr);
+    assert_eq!(plugin.output, format!("{stdout}{ERROR_SEPARATOR}{stderr}"));
+    assert_eq!(plugin.start_date_time.len(), 24);
+    let last = &replies[1];
+    assert_eq!(last.content.document_status, "Failed");
+    assert_eq!(
+        last.content.additional_info.runtime_status_counts,
+        BTreeMap::from([("Failed".to_owned(), 1)])
+    );
+    assert_eq!(last.msg.message_type, MessageType::AgentJobReply);
+    assert_eq!(last.msg.payload_type, PayloadType::Undefined);
+
+    // Success, no separator without stderr; long output cut as the official agent cuts it.
+    let job = shell_job("c-long", &["head -c 30000 /dev/zero | tr '\\0' a"], "3600");
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id("c-long", INSTANCE_ID)).await;
+    let (_, plugin) = replies[0].plugin();
+    assert_eq!(plugin.status, "Success");
+    assert_eq!(plugin.code, 0);
+    assert_eq!(plugin.standard_output.chars().count(), 24_000);
+    assert!(plugin.standard_output.ends_with("--output truncated--"));
+    assert_eq!(plugin.output.chars().count(), 2_500);
+    assert!(plugin.output.ends_with("\n---Output truncated---"));
+    assert!(!plugin.output.contains("ERROR"));
+    assert_eq!(replies[1].content.document_status, "Success");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_step_document_with_parameters_and_preconditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+
+    let marker = work.path().join("never");
+    let document = json!({"schemaVersion":"2.2","description":"steps",
+        "parameters":{
+            "greeting":{"type":"String","default":"hi"},
+            "lines":{"type":"StringList","default":["echo first", "pwd"]},
+            "dir":{"type":"String"}},
+        "mainSteps":[
+            {"action":"aws:runShellScript","name":"linuxStep",
+             "precondition":{"StringEquals":["platformType","Linux"]},
+             "inputs":{"runCommand":"{{ lines }}","workingDirectory":"{{ dir }}","timeoutSeconds":60}},
+            {"action":"aws:runShellScript","name":"windowsStep",
+             "precondition":{"StringEquals":["platformType","Windows"]},
+             "inputs":{"runCommand":["echo never"]}},
+            {"action":"aws:runPowerShellScript","name":"powershellStep",
+             "inputs":{"runCommand":["Get-Date"]}},
+            {"action":"aws:runShellScript","name":"badStep","onFailure":"exit",
+             "inputs":{"runCommand":"echo {{ greeting }}"}},
+            {"action":"aws:runShellScript","name":"afterExit",
+             "inputs":{"runCommand":[format!("touch {}", marker.display())]}}]});
+    let job = send_job(
+        "c-steps",
+        document,
+        json!({"greeting":"hello","dir":work.path().to_str().unwrap()}),
+    );
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id("c-steps", INSTANCE_ID)).await;
+    assert_eq!(
+        replies.len(),
+        5,
+        "four steps reported, then the final reply"
+    );
+    let steps: Vec<_> = replies[..4].iter().map(Reply::plugin).collect();
+    assert_eq!(steps[0].0, "linuxStep");
+    assert_eq!(steps[0].1.status, "Success");
+    assert_eq!(steps[0].1.step_name, "linuxStep");
+    assert_eq!(
+        steps[0].1.standard_output,
+        format!("first\n{}\n", work.path().canonicalize().unwrap().display())
+    );
+    assert_eq!(steps[1].0, "windowsStep");
+    assert_eq!(steps[1].1.status, "Skipped");
+    assert_eq!(
+        steps[1].1.output,
+        "Step execution skipped due to unsatisfied preconditions: '\"StringEquals\": [platformType, Windows]'. Step name: windowsStep"
+    );
+    assert_eq!(steps[2].0, "powershellStep");
+    assert_eq!(steps[2].1.status, "Skipped");
+    assert_eq!(steps[2].1.name, "aws:runPowerShellScript");
+    assert_eq!(steps[3].0, "badStep");
+    assert_eq!(steps[3].1.status, "Failed");
+    assert!(
+        steps[3]
+            .1
+            .standard_error
+            .starts_with("Invalid format in plugin properties"),
+        "{:?}",
+        steps[3].1
+    );
+    let last = &replies[4];
+    assert_eq!(last.content.document_status, "Failed");
+    assert!(!marker.exists(), "onFailure: exit stops later steps");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_kill_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+
+    // Timeout: 137, TimedOut, and the background child goes too.
+    let pid_file = work.path().join("timeout.pid");
+    let job = shell_job(
+        "c-timeout",
+        &[
+            &format!("echo $$ > {}", pid_file.display()),
+            "sleep 300 &",
+            "sleep 300",
+        ],
+        "1",
+    );
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let pgid: i32 = wait_for_file(&pid_file).await.parse().unwrap();
+    let replies = peer.until_final(&job_id("c-timeout", INSTANCE_ID)).await;
+    let (_, plugin) = replies[0].plugin();
+    assert_eq!((plugin.status.as_str(), plugin.code), ("TimedOut", 137));
+    assert_eq!(replies[1].content.document_status, "TimedOut");
+    assert_group_gone(pgid).await;
+
+    // Cancel: the cancel job is acked and answered once; the command ends Cancelled with 137.
+    let pid_file = work.path().join("cancel.pid");
+    let job = shell_job(
+        "c-cancel",
+        &[
+            &format!("echo $$ > {}", pid_file.display()),
+            "sleep 300 &",
+            "wait",
+        ],
+        "3600",
+    );
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let pgid: i32 = wait_for_file(&pid_file).await.parse().unwrap();
+    let cancel = cancel_job("c-cancel-req", "c-cancel");
+    peer.send(&cancel);
+    let (_, ack) = peer.ack().await;
+    assert_eq!(ack.job_id, job_id("c-cancel-req", INSTANCE_ID));
+    assert_eq!(ack.acknowledged_message_id, cancel.message_id.to_string());
+    assert_eq!(ack.status_code, "200");
+    let mut cancel_replies = 0;
+    let mut replies = Vec::new();
+    while replies
+        .last()
+        .is_none_or(|r: &Reply| r.content.document_status == "InProgress")
+    {
+        let reply = peer.reply().await;
+        peer.ack_reply(&reply);
+        if reply.envelope.topic == topic::CANCEL_COMMAND {
+            assert_eq!(reply.envelope.job_id, job_id("c-cancel-req", INSTANCE_ID));
+            assert_eq!(reply.content.document_status, "InProgress");
+            cancel_replies += 1;
+        } else {
+            replies.push(reply);
+        }
+    }
+    assert_eq!(cancel_replies, 1);
+    let (_, plugin) = replies[0].plugin();
+    assert_eq!((plugin.status.as_str(), plugin.code), ("Cancelled", 137));
+    assert_eq!(replies[1].content.document_status, "Cancelled");
+    assert_group_gone(pgid).await;
+
+    // Exit code 1 is a plain failure.
+    let job = shell_job("c-exit1", &["exit 1"], "3600");
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id("c-exit1", INSTANCE_ID)).await;
+    let (_, plugin) = replies[0].plugin();
+    assert_eq!((plugin.status.as_str(), plugin.code), ("Failed", 1));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_duplicate_jobs_are_refused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+
+    let job = shell_job("c-once", &["echo once"], "3600");
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id("c-once", INSTANCE_ID)).await;
+    assert_eq!(replies.last().unwrap().content.document_status, "Success");
+
+    // A payload that does not parse: 51408 and a Failed reply.
+    let mut broken = AgentJob::new(job_id("c-broken", INSTANCE_ID), SEND_TOPIC, &json!({}));
+    broken.content = "{not json".into();
+    let broken = broken.to_message();
+    peer.send(&broken);
+    let (_, ack) = peer.ack().await;
+    assert_eq!(
+        (ack.status_code.as_str(), ack.error_message.as_str()),
+        ("51408", "AgentJobMessageParseError")
+    );
+    assert_eq!(ack.job_id, job_id("c-broken", INSTANCE_ID));
+    let reply = peer.reply().await;
+    assert_eq!(reply.content.document_status, "Failed");
+
+    // A document that cannot run: 51406.
+    peer.send(&send_job(
+        "c-invalid",
+        json!({"schemaVersion":"2.2"}),
+        json!({}),
+    ));
+    let (_, ack) = peer.ack().await;
+    assert_eq!(
+        (ack.status_code.as_str(), ack.error_message.as_str()),
+        ("51406", "InvalidDocument")
+    );
+    agent.stop().await;
+
+    // After a restart, the same job id (in a new frame) is a duplicate and does not run.
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+    let again = shell_job("c-once", &["echo once"], "3600");
+    peer.send(&again);
+    let (_, ack) = peer.ack().await;
+    assert_eq!(
+        (ack.status_code.as_str(), ack.error_message.as_str()),
+        ("51405", "DuplicateCommand")
+    );
+    assert_eq!(ack.acknowledged_message_id, again.message_id.to_string());
+    let extra = peer.recv_within(Duration::from_millis(500)).await;
+    assert!(
+        extra.is_none_or(|m| m.message_type != MessageType::AgentJobReply),
+        "a duplicate is not run"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_resumes_without_rerunning_finished_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let mut child = spawn_child_agent(&mgs.url, dir.path());
+    let mut peer = mgs.next_peer().await;
+
+    let count = work.path().join("first.count");
+    let pid_file = work.path().join("second.pid");
+    let document = json!({"schemaVersion":"2.2","mainSteps":[
+        {"action":"aws:runShellScript","name":"first",
+         "inputs":{"runCommand":[format!("echo ran >> {}", count.display())]}},
+        {"action":"aws:runShellScript","name":"second",
+         "inputs":{"runCommand":[format!("echo $$ > {}", pid_file.display()), "sleep 300"]}},
+        {"action":"aws:runShellScript","name":"third","inputs":{"runCommand":["echo third"]}}]});
+    let job = send_job("c-crash", document, json!({}));
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let first = peer.reply().await;
+    peer.ack_reply(&first);
+    assert_eq!(first.plugin().0, "first");
+    let pgid: i32 = wait_for_file(&pid_file).await.parse().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        killpg(Pid::from_raw(pgid), None).is_ok(),
+        "the script outlives a killed agent"
+    );
+
+    let mut child = spawn_child_agent(&mgs.url, dir.path());
+    let mut peer = mgs.next_peer().await;
+    let replies = peer.until_final(&job_id("c-crash", INSTANCE_ID)).await;
+    let (id, second) = replies[0].plugin();
+    assert_eq!(id, "second");
+    assert_eq!(second.status, "Failed");
+    assert!(
+        second.standard_error.contains("agent stopped"),
+        "{second:?}"
+    );
+    assert_eq!(replies[1].plugin().0, "third");
+    assert_eq!(replies[1].plugin().1.status, "Success");
+    let last = replies.last().unwrap();
+    assert_eq!(last.content.document_status, "Failed");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap(),
+        "ran\n",
+        "a finished step is not run again"
+    );
+    assert_group_gone(pgid).await;
+    // Acknowledged, the document's state is gone.
+    let current = dir.path().join("current");
+    let deadline = tokio::time::Instant::now() + STEP;
+    while std::fs::read_dir(&current).unwrap().next().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "state never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_replies_are_resent_after_a_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let mut config = agent_config(&mgs.url, dir.path());
+    // Long enough that only the reconnect can explain a re-send.
+    config.timing.reply_ack_timeout = Duration::from_secs(20);
+    let agent = InProcess::start(config);
+    let mut peer = mgs.next_peer().await;
+
+    let job = shell_job("c-resend", &["echo hi"], "3600");
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let plugin = peer.reply().await;
+    let last = peer.reply().await;
+    assert_eq!(last.content.document_status, "Success");
+    peer.close();
+
+    let mut peer = mgs.next_peer().await;
+    let mut resent = BTreeMap::new();
+    while resent.len() < 2 {
+        let reply = peer.reply().await;
+        resent.insert(reply.msg.message_id, reply);
+    }
+    for original in [&plugin, &last] {
+        let again = &resent[&original.msg.message_id];
+        assert_eq!(again.msg.payload, original.msg.payload, "the same reply");
+    }
+    // Re-sent once unacknowledged, they are on disk until acknowledged.
+    let replies_dir = dir.path().join("replies");
+    assert_eq!(std::fs::read_dir(&replies_dir).unwrap().count(), 2);
+    for reply in resent.values() {
+        peer.ack_reply(reply);
+    }
+    let deadline = tokio::time::Instant::now() + STEP;
+    while std::fs::read_dir(&replies_dir).unwrap().next().is_some()
+        || std::fs::read_dir(dir.path().join("current"))
+            .unwrap()
+            .next()
+            .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged replies and state never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await;
+}
