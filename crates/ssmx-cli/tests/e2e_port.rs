@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::process::Stdio;
 
 use common::{echo_roundtrip, ChildGuard, Stack};
@@ -107,6 +107,74 @@ fn parallel_connections_through_one_forward_arrive_byte_exact() {
     for w in workers {
         w.join().unwrap();
     }
+}
+
+/// Sends SIGSTOP to a process and SIGCONT when dropped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn signal(pid: u32, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    fn new(pid: u32) -> Stopped {
+        Self::signal(pid, "-STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Self::signal(self.0, "-CONT");
+    }
+}
+
+/// An agent frozen (SIGSTOP) for seconds in the middle of an echo transfer picks up where it
+/// was when it runs again: every byte comes back once, in order.
+#[test]
+fn a_frozen_agent_resumes_the_transfer_byte_exact() {
+    const TOTAL: usize = 16 * 1024 * 1024;
+    let stack = Stack::start();
+    let echo = common::echo_server();
+    let local = common::free_port();
+    let _forward = ChildGuard(
+        stack
+            .ssmx()
+            .args([
+                "port-forward",
+                &stack.instance_id,
+                "--remote-port",
+                &echo.to_string(),
+                "--local-port",
+                &local.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    let data = common::pattern(TOTAL, 11);
+    let mut conn = common::connect(local);
+    conn.set_read_timeout(Some(common::STEP_DEADLINE)).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let payload = data.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&payload));
+    let mut back = vec![0u8; TOTAL];
+    let frozen_at = TOTAL / 8;
+    conn.read_exact(&mut back[..frozen_at]).unwrap();
+    {
+        let _frozen = Stopped::new(stack.agent_pid().unwrap());
+        // The fault itself: the agent stays frozen this long.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    conn.read_exact(&mut back[frozen_at..]).unwrap();
+    sender.join().unwrap().unwrap();
+    assert!(back == data, "the echo came back corrupted\n{}", stack.logs());
 }
 
 #[test]

@@ -214,20 +214,17 @@ const RESUME_TOTAL: u64 = 100 * 1024 * 1024;
 /// Read and write size of the transfer.
 const RESUME_CHUNK: usize = 64 * 1024;
 
-/// A port session through a proxy that `cut_when` cuts (WebSocket and API connections alike)
-/// once that many bytes have gone one way. Returns the local end of a forwarded connection to
-/// the destination at `port`.
-async fn through_cuttable_proxy(
+/// A port session to the destination at `port`, opened by `manager`. Returns the forwarder,
+/// the local end of one forwarded connection and the task carrying it.
+async fn forwarded_connection(
     stack: &Stack,
+    manager: &ssmx_client::SessionManager,
     port: u16,
 ) -> (
-    CuttableProxy,
     Arc<PortForwarder>,
     tokio::io::DuplexStream,
     tokio::task::JoinHandle<ssmx_client::Result<()>>,
 ) {
-    let proxy = CuttableProxy::start(stack.addr()).await;
-    let manager = stack.manager_at(&format!("http://{}", proxy.addr)).await;
     let session = manager
         .start_session(
             &stack.instance_id,
@@ -245,32 +242,79 @@ async fn through_cuttable_proxy(
     let (ours, theirs) = tokio::io::duplex(RESUME_CHUNK * 4);
     let f = forwarder.clone();
     let carrier = tokio::spawn(async move { f.forward(theirs).await });
-    (proxy, forwarder, ours, carrier)
+    (forwarder, ours, carrier)
 }
 
-/// Cuts the client's connections in the middle of a 100 MB download; the client resumes the
-/// session and every byte arrives exactly once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_connection_is_resumed_without_loss_downloading() {
-    let stack = Stack::start().await;
-    let (port, _source) = common::pattern_source(7, RESUME_TOTAL).await;
-    let (proxy, forwarder, mut local, carrier) = through_cuttable_proxy(&stack, port).await;
-    let mut expected = Pattern::new(7);
+/// The client's side of [`forwarded_connection`] through a [`CuttableProxy`] (WebSocket and
+/// API connections alike go through it).
+async fn through_cuttable_proxy(
+    stack: &Stack,
+    port: u16,
+) -> (
+    CuttableProxy,
+    Arc<PortForwarder>,
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<ssmx_client::Result<()>>,
+) {
+    let proxy = CuttableProxy::start(stack.addr()).await;
+    let manager = stack.manager_at(&proxy.url()).await;
+    let (forwarder, local, carrier) = forwarded_connection(stack, &manager, port).await;
+    (proxy, forwarder, local, carrier)
+}
+
+/// Reads [`RESUME_TOTAL`] bytes of the pattern `seed` from `local`, checking every byte, and
+/// calls `cut` once when a third has arrived. Returns how many connections `cut` reset.
+async fn download_checked(
+    local: &mut tokio::io::DuplexStream,
+    seed: u64,
+    cut: impl FnOnce() -> usize,
+) -> usize {
+    let mut cut = Some(cut);
+    let mut expected = Pattern::new(seed);
     let mut want = vec![0u8; RESUME_CHUNK];
     let mut got = vec![0u8; RESUME_CHUNK];
     let mut received = 0u64;
-    let mut cut = 0;
+    let mut reset = 0;
     while received < RESUME_TOTAL {
         let n = timeout(STEP, local.read(&mut got)).await.unwrap().unwrap();
         assert!(n > 0, "stream ended after {received} bytes");
         expected.fill(&mut want[..n]);
         assert!(got[..n] == want[..n], "corrupt data at offset {received}");
         received += n as u64;
-        if cut == 0 && received >= RESUME_TOTAL / 3 {
-            cut = proxy.cut();
+        if received >= RESUME_TOTAL / 3 {
+            if let Some(cut) = cut.take() {
+                reset = cut();
+            }
         }
     }
+    reset
+}
+
+/// Resets the client's connections in the middle of a 100 MB download; the client resumes the
+/// session and every byte arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_is_resumed_without_loss_downloading() {
+    let stack = Stack::start().await;
+    let (port, _source) = common::pattern_source(7, RESUME_TOTAL).await;
+    let (proxy, forwarder, mut local, carrier) = through_cuttable_proxy(&stack, port).await;
+    let cut = download_checked(&mut local, 7, || proxy.cut()).await;
     assert!(cut > 0, "no connection was cut");
+    timeout(STEP, forwarder.terminate()).await.unwrap().unwrap();
+    carrier.abort();
+    stack.stop().await;
+}
+
+/// Resets the agent's connections (control and data channel) in the middle of a 100 MB
+/// download; the agent reconnects and every byte arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_the_agents_connections_loses_nothing() {
+    let stack = Stack::start_with_agent_proxy().await;
+    let (port, _source) = common::pattern_source(5, RESUME_TOTAL).await;
+    let manager = stack.manager().await;
+    let (forwarder, mut local, carrier) = forwarded_connection(&stack, &manager, port).await;
+    let proxy = stack.agent_proxy.as_ref().unwrap();
+    let cut = download_checked(&mut local, 5, || proxy.cut()).await;
+    assert!(cut >= 2, "the control and data channels were not both cut: {cut}");
     timeout(STEP, forwarder.terminate()).await.unwrap().unwrap();
     carrier.abort();
     stack.stop().await;
@@ -278,7 +322,7 @@ async fn a_dropped_connection_is_resumed_without_loss_downloading() {
 
 /// The same for a 100 MB upload: the destination checks every byte and reports the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_connection_is_resumed_without_loss_uploading() {
+async fn a_reset_connection_is_resumed_without_loss_uploading() {
     let stack = Stack::start().await;
     let (port, _sink) = common::pattern_sink(9).await;
     let (proxy, forwarder, local, carrier) = through_cuttable_proxy(&stack, port).await;

@@ -3,7 +3,6 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
@@ -37,6 +36,8 @@ pub struct Stack {
     pub instance_id: String,
     /// The SSM API key the gateway accepts.
     pub credential: ApiCredential,
+    /// The proxy the agent reaches the gateway through, when started with one.
+    pub agent_proxy: Option<CuttableProxy>,
     gateway: Option<Gateway>,
     agent_stop: Option<oneshot::Sender<()>>,
     agent: Option<JoinHandle<Result<(), AgentError>>>,
@@ -52,6 +53,16 @@ impl Stack {
     /// [`Stack::start`] with custom session documents (`(name, JSON)`; `SSM-SessionManagerRunShell`
     /// replaces the session preferences).
     pub async fn start_with_documents(documents: &[(&str, serde_json::Value)]) -> Stack {
+        Self::start_with(documents, false).await
+    }
+
+    /// [`Stack::start`] with the agent's connections (registration, control and data channels)
+    /// going through a [`CuttableProxy`], kept in [`Stack::agent_proxy`].
+    pub async fn start_with_agent_proxy() -> Stack {
+        Self::start_with(&[], true).await
+    }
+
+    async fn start_with(documents: &[(&str, serde_json::Value)], agent_proxy: bool) -> Stack {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
         let documents_dir = dir.path().join("documents");
@@ -79,8 +90,15 @@ impl Stack {
         let activation = gateway
             .create_activation(&NewActivation::default())
             .unwrap();
+        let agent_proxy = match agent_proxy {
+            true => Some(CuttableProxy::start(gateway.local_addr()).await),
+            false => None,
+        };
+        let agent_url = agent_proxy
+            .as_ref()
+            .map_or_else(|| gateway.url().to_owned(), CuttableProxy::url);
         let registration = register(
-            gateway.url(),
+            &agent_url,
             &activation.activation_id,
             &activation.activation_code,
         )
@@ -107,6 +125,7 @@ impl Stack {
         Stack {
             instance_id,
             credential,
+            agent_proxy,
             gateway: Some(gateway),
             agent_stop: Some(agent_stop),
             agent: Some(agent),
@@ -243,11 +262,11 @@ pub async fn pattern_sink(seed: u64) -> (u16, JoinHandle<()>) {
     (port, task)
 }
 
-/// A TCP proxy that can cut every connection it carries while staying open for new ones.
+/// A TCP proxy that can reset every connection it carries while staying open for new ones.
 pub struct CuttableProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    cut: tokio::sync::watch::Sender<usize>,
     accept: JoinHandle<()>,
 }
 
@@ -256,36 +275,44 @@ impl CuttableProxy {
     pub async fn start(upstream: SocketAddr) -> CuttableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let conns = connections.clone();
+        let (cut, _) = tokio::sync::watch::channel(0usize);
+        let cuts = cut.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut down, _)) = listener.accept().await else {
+                let Ok((down, _)) = listener.accept().await else {
                     return;
                 };
-                let task = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut down, mut up) = (down, up);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut.changed() => {
+                            // Linger 0: both peers see a TCP reset, not an orderly close.
+                            let _ = down.set_linger(Some(Duration::ZERO));
+                            let _ = up.set_linger(Some(Duration::ZERO));
+                        }
                     }
                 });
-                conns.lock().unwrap().push(task);
             }
         });
-        CuttableProxy {
-            addr,
-            connections,
-            accept,
-        }
+        CuttableProxy { addr, cut, accept }
     }
 
-    /// Drops every connection open now (both sockets close); new ones are still accepted.
+    /// The proxy's address as an `http://` URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Resets every connection open now; new ones are still accepted. Returns how many were
+    /// open.
     pub fn cut(&self) -> usize {
-        let mut conns = self.connections.lock().unwrap();
-        let n = conns.iter().filter(|t| !t.is_finished()).count();
-        for t in conns.drain(..) {
-            t.abort();
-        }
-        n
+        let open = self.cut.receiver_count();
+        self.cut.send_modify(|n| *n += 1);
+        open
     }
 }
 
