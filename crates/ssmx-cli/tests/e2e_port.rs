@@ -174,7 +174,11 @@ fn a_frozen_agent_resumes_the_transfer_byte_exact() {
     }
     conn.read_exact(&mut back[frozen_at..]).unwrap();
     sender.join().unwrap().unwrap();
-    assert!(back == data, "the echo came back corrupted\n{}", stack.logs());
+    assert!(
+        back == data,
+        "the echo came back corrupted\n{}",
+        stack.logs()
+    );
 }
 
 #[test]

@@ -314,7 +314,10 @@ async fn a_reset_of_the_agents_connections_loses_nothing() {
     let (forwarder, mut local, carrier) = forwarded_connection(&stack, &manager, port).await;
     let proxy = stack.agent_proxy.as_ref().unwrap();
     let cut = download_checked(&mut local, 5, || proxy.cut()).await;
-    assert!(cut >= 2, "the control and data channels were not both cut: {cut}");
+    assert!(
+        cut >= 2,
+        "the control and data channels were not both cut: {cut}"
+    );
     timeout(STEP, forwarder.terminate()).await.unwrap().unwrap();
     carrier.abort();
     stack.stop().await;

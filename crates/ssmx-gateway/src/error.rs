@@ -49,6 +49,12 @@ pub enum ErrorCode {
     InvalidPluginName,
     /// The request body is over the size limit.
     RequestEntityTooLarge,
+    /// The resource type cannot carry tags, or the resource is not of that type.
+    InvalidResourceType,
+    /// No resource with that id.
+    InvalidResourceId,
+    /// A resource would carry more than 50 tags.
+    TooManyTags,
     /// Something broke inside the gateway.
     InternalServerError,
 }
@@ -80,6 +86,9 @@ impl ErrorCode {
             ErrorCode::InvalidCommandId => "InvalidCommandId",
             ErrorCode::InvalidPluginName => "InvalidPluginName",
             ErrorCode::RequestEntityTooLarge => "RequestEntityTooLargeException",
+            ErrorCode::InvalidResourceType => "InvalidResourceType",
+            ErrorCode::InvalidResourceId => "InvalidResourceId",
+            ErrorCode::TooManyTags => "TooManyTagsError",
             ErrorCode::InternalServerError => "InternalServerError",
         }
     }

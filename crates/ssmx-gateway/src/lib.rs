@@ -36,6 +36,7 @@ pub mod recording;
 pub mod retention;
 pub mod sigv4;
 pub mod store;
+pub mod tags;
 pub mod tokens;
 
 mod api;

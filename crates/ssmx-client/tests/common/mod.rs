@@ -292,8 +292,8 @@ impl CuttableProxy {
                         _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
                         _ = cut.changed() => {
                             // Linger 0: both peers see a TCP reset, not an orderly close.
-                            let _ = down.set_linger(Some(Duration::ZERO));
-                            let _ = up.set_linger(Some(Duration::ZERO));
+                            let _ = down.set_zero_linger();
+                            let _ = up.set_zero_linger();
                         }
                     }
                 });

@@ -16,6 +16,7 @@ use super::{
 use crate::commands::{self, documents, status, summarise, CommandRecord, InvocationRecord, Limit};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
+use crate::tags::TagSelector;
 
 /// The default and most results of ListCommands / ListCommandInvocations.
 const MAX_PAGE: u64 = 50;
@@ -148,7 +149,13 @@ fn command_output(
     }
 }
 
-/// The instances a SendCommand names, in order, without repeats.
+/// Targets one SendCommand takes.
+const MAX_TARGETS: usize = 5;
+
+/// The instances a SendCommand names, in order, without repeats: its InstanceIds, or the
+/// instances every one of its Targets matches (`InstanceIds`, `tag:<name>` with any of the
+/// values, `tag-key` with any of the keys). Tag targets may match nothing; named instances must
+/// exist.
 fn target_instances(hub: &Hub, input: &SendCommandInput) -> Result<Vec<String>, ApiError> {
     if input.instance_ids.is_empty() == input.targets.is_empty() {
         return Err(validation(
@@ -160,17 +167,39 @@ fn target_instances(hub: &Hub, input: &SendCommandInput) -> Result<Vec<String>, 
             "InstanceIds takes at most {MAX_INSTANCE_IDS} instance ids"
         )));
     }
-    let mut wanted = input.instance_ids.clone();
-    for target in &input.targets {
-        match target.key.as_str() {
-            "InstanceIds" => wanted.extend(target.values.iter().cloned()),
-            key => {
-                return Err(validation(format!(
-                    "target key {key:?} is not supported by this gateway (use InstanceIds)"
-                )))
-            }
-        }
+    if input.targets.len() > MAX_TARGETS {
+        return Err(validation(format!(
+            "Targets takes at most {MAX_TARGETS} targets"
+        )));
     }
+    let mut wanted: Option<Vec<String>> =
+        (!input.instance_ids.is_empty()).then(|| input.instance_ids.clone());
+    for target in &input.targets {
+        if target.values.is_empty() {
+            return Err(validation(format!(
+                "target {:?} needs at least one value",
+                target.key
+            )));
+        }
+        let matched = if target.key == "InstanceIds" {
+            target.values.clone()
+        } else if let Some(selector) = TagSelector::from_key(&target.key, &target.values) {
+            hub.store.instances_tagged(&selector)?
+        } else {
+            return Err(validation(format!(
+                "target key {:?} is not supported (InstanceIds, tag:<name> or tag-key)",
+                target.key
+            )));
+        };
+        wanted = Some(match wanted {
+            None => matched,
+            Some(so_far) => so_far
+                .into_iter()
+                .filter(|id| matched.contains(id))
+                .collect(),
+        });
+    }
+    let mut wanted = wanted.unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     wanted.retain(|id| seen.insert(id.clone()));
     let unknown: Vec<&String> = wanted

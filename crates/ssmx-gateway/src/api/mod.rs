@@ -28,6 +28,7 @@ use crate::store::{
 use crate::tokens::Purpose;
 
 mod commands;
+mod tags;
 
 /// Largest API request body accepted; SSM requests are a few KiB.
 pub const MAX_API_BODY: usize = 1024 * 1024;
@@ -135,6 +136,13 @@ async fn dispatch(
         }
         ("CancelCommand", Caller::User { .. }) => {
             commands::cancel_command(hub, parse(body)?).await
+        }
+        ("AddTagsToResource", Caller::User { .. }) => tags::add_tags_to_resource(hub, parse(body)?),
+        ("RemoveTagsFromResource", Caller::User { .. }) => {
+            tags::remove_tags_from_resource(hub, parse(body)?)
+        }
+        ("ListTagsForResource", Caller::User { .. }) => {
+            tags::list_tags_for_resource(hub, parse(body)?)
         }
         ("UpdateInstanceInformation", Caller::User { .. }) => Err(ApiError::new(
             ErrorCode::AccessDenied,
@@ -600,12 +608,22 @@ fn describe_instance_information(hub: &Hub, input: DescribeInstanceInformationIn
         .map(|f| (f.key, f.value_set))
         .chain(input.filters.into_iter().map(|f| (f.key, f.values)))
         .collect();
+    // Tag filters (`tag:<name>`, `tag-key`) become the sets of instances they match.
+    let mut tagged: Vec<Vec<String>> = Vec::new();
+    for (key, values) in &filters {
+        if let Some(selector) = crate::tags::TagSelector::from_key(key, values) {
+            tagged.push(hub.store.instances_tagged(&selector)?);
+        }
+    }
     let mut listed = Vec::new();
     for record in hub.store.instances()? {
         let online = hub.agent_online(&record.instance_id);
         let item = instance_json(&record, online);
-        let mut keep = true;
+        let mut keep = tagged.iter().all(|ids| ids.contains(&record.instance_id));
         for (key, values) in &filters {
+            if crate::tags::TagSelector::from_key(key, values).is_some() {
+                continue;
+            }
             let field = match key.as_str() {
                 "InstanceIds" => "InstanceId",
                 "AgentVersion" => "AgentVersion",

@@ -59,6 +59,8 @@ pub mod status {
     pub const TERMINATED: &str = "Terminated";
     /// Details: the agent refused the job.
     pub const UNDELIVERABLE: &str = "Undeliverable";
+    /// Command details: its tag targets matched no instance.
+    pub const NO_INSTANCES_IN_TAG: &str = "NoInstancesInTag";
 
     /// True once nothing changes any more.
     pub fn is_terminal(status: &str) -> bool {
@@ -135,7 +137,9 @@ pub fn summarise(command: &CommandRecord, invocations: &[InvocationRecord]) -> C
     let completed_count = count(&|i| status::is_terminal(&i.status));
     let error_count = count(&is_error);
     let delivery_timed_out_count = count(&|i| i.status_details == status::DELIVERY_TIMED_OUT);
-    let (status, status_details) = if completed_count < target_count {
+    let (status, status_details) = if target_count == 0 {
+        (status::FAILED, status::NO_INSTANCES_IN_TAG)
+    } else if completed_count < target_count {
         if command.cancel_requested {
             (status::CANCELLING, status::CANCELLING)
         } else if invocations.iter().any(|i| i.dispatched_at.is_some()) {
