@@ -260,18 +260,46 @@ impl Documents {
         names
     }
 
-    /// Resolves StartSession's `DocumentName` and `Parameters`.
+    /// Checks that `document` is a Session document this gateway can serve.
+    pub fn check(document: SessionDocument) -> Result<(), String> {
+        compile(document).map(drop)
+    }
+
+    /// Resolves StartSession's `DocumentName` and `Parameters` against the documents loaded here.
     pub fn prepare(
         &self,
         name: Option<&str>,
         given: &BTreeMap<String, Vec<String>>,
     ) -> Result<PreparedDocument, ApiError> {
         let name = strip_arn(name.unwrap_or(DEFAULT_DOCUMENT));
+        let entry = self.entries.get(name).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidDocument,
+                format!("document {name} does not exist"),
+            )
+        })?;
+        self.prepare_entry(name, entry, given)
+    }
+
+    /// Resolves StartSession's `Parameters` against `document` (one stored elsewhere, called
+    /// `name`).
+    pub fn prepare_document(
+        &self,
+        name: &str,
+        document: SessionDocument,
+        given: &BTreeMap<String, Vec<String>>,
+    ) -> Result<PreparedDocument, ApiError> {
+        let entry = compile(document).map_err(|e| ApiError::new(ErrorCode::InvalidDocument, e))?;
+        self.prepare_entry(name, &entry, given)
+    }
+
+    fn prepare_entry(
+        &self,
+        name: &str,
+        entry: &Entry,
+        given: &BTreeMap<String, Vec<String>>,
+    ) -> Result<PreparedDocument, ApiError> {
         let invalid = |msg: String| ApiError::new(ErrorCode::InvalidDocument, msg);
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| invalid(format!("document {name} does not exist")))?;
         let doc = &entry.document;
         let mut parameters = BTreeMap::new();
         for (key, values) in given {

@@ -55,6 +55,18 @@ pub enum ErrorCode {
     InvalidResourceId,
     /// A resource would carry more than 50 tags.
     TooManyTags,
+    /// A document's content does not parse or is not a valid document of its type.
+    InvalidDocumentContent,
+    /// A document's schemaVersion is not valid for its type.
+    InvalidDocumentSchemaVersion,
+    /// The document has no such version.
+    InvalidDocumentVersion,
+    /// CreateDocument with a name in use.
+    DocumentAlreadyExists,
+    /// UpdateDocument with the content of the latest version.
+    DuplicateDocumentContent,
+    /// The operation is not allowed on this document (AWS-owned, or its default version).
+    InvalidDocumentOperation,
     /// Something broke inside the gateway.
     InternalServerError,
 }
@@ -89,6 +101,12 @@ impl ErrorCode {
             ErrorCode::InvalidResourceType => "InvalidResourceType",
             ErrorCode::InvalidResourceId => "InvalidResourceId",
             ErrorCode::TooManyTags => "TooManyTagsError",
+            ErrorCode::InvalidDocumentContent => "InvalidDocumentContent",
+            ErrorCode::InvalidDocumentSchemaVersion => "InvalidDocumentSchemaVersion",
+            ErrorCode::InvalidDocumentVersion => "InvalidDocumentVersion",
+            ErrorCode::DocumentAlreadyExists => "DocumentAlreadyExists",
+            ErrorCode::DuplicateDocumentContent => "DuplicateDocumentContent",
+            ErrorCode::InvalidDocumentOperation => "InvalidDocumentOperation",
             ErrorCode::InternalServerError => "InternalServerError",
         }
     }

@@ -18,17 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const PLUGIN: &str = "aws:runShellScript";
 
-/// The next `agent_job` on a control channel, with its frame.
-async fn next_job(ctl: &mut ControlChannel) -> (AgentMessage, AgentJob) {
-    loop {
-        let msg = next_message(&mut ctl.ws).await;
-        if msg.message_type == MessageType::AgentJob {
-            let job = AgentJob::from_payload(&msg.payload).unwrap();
-            return (msg, job);
-        }
-    }
-}
-
 async fn ack(ctl: &mut ControlChannel, frame: &AgentMessage, job: &AgentJob, code: &str) {
     let ack = AgentJobAck {
         job_id: job.job_id.clone(),

@@ -219,21 +219,12 @@ fn target_instances(hub: &Hub, input: &SendCommandInput) -> Result<Vec<String>, 
 }
 
 pub(super) async fn send_command(hub: &Hub, owner_arn: &str, input: SendCommandInput) -> ApiResult {
-    let name = input.document_name.rsplit('/').next().unwrap_or_default();
-    let document = documents::builtin(name).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::InvalidDocument,
-            format!("document {name} does not exist or is not a Command document"),
-        )
-    })?;
-    if let Some(version) = &input.document_version {
-        if !matches!(version.as_str(), "$DEFAULT" | "$LATEST" | "1") {
-            return Err(ApiError::new(
-                ErrorCode::InvalidDocument,
-                format!("document {name} has no version {version}"),
-            ));
-        }
-    }
+    let document = crate::catalog::command_document(
+        &hub.store,
+        &hub.documents,
+        &input.document_name,
+        input.document_version.as_deref(),
+    )?;
     if input.comment.chars().count() > 100 {
         return Err(validation("Comment is at most 100 characters"));
     }

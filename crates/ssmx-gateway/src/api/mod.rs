@@ -28,6 +28,7 @@ use crate::store::{
 use crate::tokens::Purpose;
 
 mod commands;
+mod documents;
 mod tags;
 
 /// Largest API request body accepted; SSM requests are a few KiB.
@@ -137,6 +138,17 @@ async fn dispatch(
         ("CancelCommand", Caller::User { .. }) => {
             commands::cancel_command(hub, parse(body)?).await
         }
+        ("CreateDocument", Caller::User { .. }) => documents::create_document(hub, parse(body)?),
+        ("GetDocument", Caller::User { .. }) => documents::get_document(hub, parse(body)?),
+        ("DescribeDocument", Caller::User { .. }) => {
+            documents::describe_document(hub, parse(body)?)
+        }
+        ("ListDocuments", Caller::User { .. }) => documents::list_documents(hub, parse(body)?),
+        ("UpdateDocument", Caller::User { .. }) => documents::update_document(hub, parse(body)?),
+        ("UpdateDocumentDefaultVersion", Caller::User { .. }) => {
+            documents::update_document_default_version(hub, parse(body)?)
+        }
+        ("DeleteDocument", Caller::User { .. }) => documents::delete_document(hub, parse(body)?),
         ("AddTagsToResource", Caller::User { .. }) => tags::add_tags_to_resource(hub, parse(body)?),
         ("RemoveTagsFromResource", Caller::User { .. }) => {
             tags::remove_tags_from_resource(hub, parse(body)?)
@@ -237,9 +249,12 @@ async fn start_session(
     if let Some(reason) = &input.reason {
         check_len("Reason", reason, 1, 256)?;
     }
-    let prepared = hub
-        .documents
-        .prepare(input.document_name.as_deref(), &input.parameters)?;
+    let prepared = crate::catalog::prepare_session(
+        &hub.store,
+        &hub.documents,
+        input.document_name.as_deref(),
+        &input.parameters,
+    )?;
     if hub.store.instance(&target)?.is_none() || !hub.agent_online(&target) {
         return Err(ApiError::new(
             ErrorCode::TargetNotConnected,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiResult;
-use crate::commands::documents as command_documents;
+use crate::catalog::{self, Owner, Version};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
 use crate::tags::{self, ResourceType, Tag};
@@ -49,11 +49,10 @@ fn resource(hub: &Hub, kind: &str, id: &str) -> Result<ResourceType, ApiError> {
             }
         }
         ResourceType::Document => {
-            if id.starts_with("AWS-") {
+            let document = catalog::find(&hub.store, &hub.documents, id, Version::Default)
+                .map_err(|_| missing("no document has this name"))?;
+            if document.owner == Owner::Amazon {
                 return Err(missing("documents owned by AWS cannot be tagged"));
-            }
-            if hub.documents.get(id).is_none() && command_documents::builtin(id).is_none() {
-                return Err(missing("no document has this name"));
             }
         }
     }

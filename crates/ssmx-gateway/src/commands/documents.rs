@@ -45,6 +45,48 @@ impl CommandDocument {
 /// A script's run time when its document says nothing (AWS's default).
 pub const DEFAULT_EXECUTION_TIMEOUT: u64 = 3600;
 
+/// Names of the AWS-owned command documents.
+pub fn builtin_names() -> &'static [&'static str] {
+    &["AWS-RunShellScript"]
+}
+
+/// Parameter types command documents may declare.
+const PARAMETER_TYPES: &[&str] = &[
+    "String",
+    "StringList",
+    "Integer",
+    "Boolean",
+    "MapList",
+    "StringMap",
+];
+
+/// Checks a command document's `parameters` declarations: an object of objects with a known
+/// `type` and an `allowedPattern` that compiles.
+pub fn check_parameter_definitions(content: &Value) -> Result<(), String> {
+    let Some(parameters) = content.get("parameters") else {
+        return Ok(());
+    };
+    let parameters = parameters
+        .as_object()
+        .ok_or("parameters must be an object")?;
+    for (name, def) in parameters {
+        let kind = def
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("parameter \"{name}\" needs a type"))?;
+        if !PARAMETER_TYPES.contains(&kind) {
+            return Err(format!(
+                "parameter \"{name}\" has type {kind:?}, not one of {PARAMETER_TYPES:?}"
+            ));
+        }
+        if let Some(pattern) = def.get("allowedPattern").and_then(Value::as_str) {
+            Regex::new(pattern)
+                .map_err(|e| format!("allowedPattern of parameter \"{name}\": {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The AWS-owned command documents served read-only.
 pub fn builtin(name: &str) -> Option<CommandDocument> {
     let content = match name {

@@ -318,6 +318,19 @@ pub async fn drain_until_closed(ws: &mut Ws) -> Vec<AgentMessage> {
     }
 }
 
+/// The next `agent_job` on a control channel, with its frame.
+pub async fn next_job(
+    ctl: &mut ControlChannel,
+) -> (AgentMessage, ssmx_protocol::command::AgentJob) {
+    loop {
+        let msg = next_message(&mut ctl.ws).await;
+        if msg.message_type == MessageType::AgentJob {
+            let job = ssmx_protocol::command::AgentJob::from_payload(&msg.payload).unwrap();
+            return (msg, job);
+        }
+    }
+}
+
 /// Waits for `interactive_shell` on the control channel.
 pub async fn expect_interactive_shell(ctl: &mut ControlChannel) -> AgentTaskPayload {
     let msg = next_message(&mut ctl.ws).await;
