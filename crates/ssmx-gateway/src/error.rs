@@ -67,6 +67,8 @@ pub enum ErrorCode {
     DuplicateDocumentContent,
     /// The operation is not allowed on this document (AWS-owned, or its default version).
     InvalidDocumentOperation,
+    /// No activation with that id.
+    InvalidActivationId,
     /// Something broke inside the gateway.
     InternalServerError,
 }
@@ -107,6 +109,7 @@ impl ErrorCode {
             ErrorCode::DocumentAlreadyExists => "DocumentAlreadyExists",
             ErrorCode::DuplicateDocumentContent => "DuplicateDocumentContent",
             ErrorCode::InvalidDocumentOperation => "InvalidDocumentOperation",
+            ErrorCode::InvalidActivationId => "InvalidActivationId",
             ErrorCode::InternalServerError => "InternalServerError",
         }
     }

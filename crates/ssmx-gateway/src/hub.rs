@@ -200,6 +200,14 @@ impl Hub {
         self.agents_generation.send_modify(|g| *g += 1);
     }
 
+    /// Closes an instance's control channel, if it has one.
+    pub fn disconnect_agent(&self, instance_id: &str) {
+        if let Some(link) = lock(&self.agents).remove(instance_id) {
+            link.close.cancel();
+            self.agents_generation.send_modify(|g| *g += 1);
+        }
+    }
+
     /// Removes a control channel if it is still the current one.
     pub fn remove_agent(&self, instance_id: &str, conn_id: u64) {
         let mut agents = lock(&self.agents);

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod config;
 pub mod documents;
 pub mod error;
+pub mod fleet;
 pub mod recording;
 pub mod retention;
 pub mod sigv4;

@@ -336,6 +336,7 @@ impl Store {
         conn.execute_batch(crate::commands::store::SCHEMA)?;
         conn.execute_batch(crate::tags::SCHEMA)?;
         conn.execute_batch(crate::catalog::SCHEMA)?;
+        conn.execute_batch(crate::fleet::SCHEMA)?;
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -390,7 +391,7 @@ impl Store {
         let tx = conn.transaction().map_err(StoreError::from)?;
         let row: Option<(String, i64, i64, i64, String, String)> = tx
             .query_row(
-                "SELECT code_hash, registration_limit, registrations, expires_at, default_instance_name, iam_role FROM activations WHERE activation_id = ?1",
+                "SELECT code_hash, registration_limit, registrations, expires_at, default_instance_name, iam_role FROM activations WHERE activation_id = ?1 AND activation_id NOT IN (SELECT activation_id FROM deleted_activations)",
                 params![activation_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )

@@ -29,6 +29,7 @@ use crate::tokens::Purpose;
 
 mod commands;
 mod documents;
+mod fleet;
 mod tags;
 
 /// Largest API request body accepted; SSM requests are a few KiB.
@@ -125,6 +126,18 @@ async fn dispatch(
             describe_instance_information(hub, parse(body)?)
         }
         ("CreateActivation", Caller::User { arn, .. }) => create_activation(hub, arn, parse(body)?),
+        ("DescribeActivations", Caller::User { .. }) => {
+            fleet::describe_activations(hub, parse(body)?)
+        }
+        ("DeleteActivation", Caller::User { arn, .. }) => {
+            fleet::delete_activation(hub, arn, parse(body)?)
+        }
+        ("DeregisterManagedInstance", Caller::User { arn, .. }) => {
+            fleet::deregister_managed_instance(hub, arn, parse(body)?)
+        }
+        ("GetConnectionStatus", Caller::User { .. }) => {
+            fleet::get_connection_status(hub, parse(body)?)
+        }
         ("SendCommand", Caller::User { arn, .. }) => {
             commands::send_command(hub, arn, parse(body)?).await
         }

@@ -1,0 +1,133 @@
+//! The fleet's life cycle through aws-sdk-ssm against a real gateway: connection status,
+//! activations listed and deleted (they register nothing more), and a deregistered instance cut
+//! off at once (its control channel closed, its credential refused).
+
+mod common;
+
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::types::{
+    ConnectionStatus, DescribeActivationsFilter, DescribeActivationsFilterKeys,
+};
+use common::*;
+use ssmx_gateway::store::NewActivation;
+
+async fn connection_status(ssm: &aws_sdk_ssm::Client, target: &str) -> ConnectionStatus {
+    ssm.get_connection_status()
+        .target(target)
+        .send()
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_deregistered_instance_is_cut_off_at_once() {
+    let (gateway, cred) = start_gateway("ops", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let id = agent.instance_id.as_str();
+    assert_eq!(
+        connection_status(&ssm, id).await,
+        ConnectionStatus::NotConnected
+    );
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    assert_eq!(
+        connection_status(&ssm, id).await,
+        ConnectionStatus::Connected
+    );
+
+    ssm.deregister_managed_instance()
+        .instance_id(id)
+        .send()
+        .await
+        .unwrap();
+    drain_until_closed(&mut ctl.ws).await;
+    assert_eq!(
+        connection_status(&ssm, id).await,
+        ConnectionStatus::NotConnected
+    );
+    let path = format!("/v1/control-channel/{id}");
+    let (status, body) = agent
+        .mgs_post(gateway.url(), &path, r#"{"MessageSchemaVersion":"1.0"}"#)
+        .await;
+    assert!(
+        (400..500).contains(&status),
+        "the old credential still works: {status} {body}"
+    );
+    let listed = ssm.describe_instance_information().send().await.unwrap();
+    assert!(listed.instance_information_list().is_empty());
+    let err = ssm
+        .deregister_managed_instance()
+        .instance_id(id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidInstanceId"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn activations_are_listed_and_a_deleted_one_registers_nothing() {
+    let (gateway, cred) = start_gateway("ops", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let kept = ssm
+        .create_activation()
+        .iam_role("ssm-role")
+        .default_instance_name("web")
+        .registration_limit(2)
+        .send()
+        .await
+        .unwrap();
+    let doomed = gateway
+        .create_activation(&NewActivation::default())
+        .unwrap();
+    let all = ssm.describe_activations().send().await.unwrap();
+    assert_eq!(all.activation_list().len(), 2);
+    let filtered = ssm
+        .describe_activations()
+        .filters(
+            DescribeActivationsFilter::builder()
+                .filter_key(DescribeActivationsFilterKeys::DefaultInstanceName)
+                .filter_values("web")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let only = &filtered.activation_list()[0];
+    assert_eq!(filtered.activation_list().len(), 1);
+    assert_eq!(only.activation_id(), kept.activation_id());
+    assert_eq!(only.iam_role(), Some("ssm-role"));
+    assert_eq!(only.registration_limit(), Some(2));
+    assert_eq!(only.registrations_count(), Some(0));
+    assert!(!only.expired());
+
+    ssm.delete_activation()
+        .activation_id(&doomed.activation_id)
+        .send()
+        .await
+        .unwrap();
+    let all = ssm.describe_activations().send().await.unwrap();
+    assert_eq!(all.activation_list().len(), 1);
+    let refused = reqwest::Client::new()
+        .post(format!("{}/ssmx/v1/register", gateway.url()))
+        .json(&serde_json::json!({
+            "ActivationId": doomed.activation_id,
+            "ActivationCode": doomed.activation_code,
+            "Hostname": "late-host",
+            "PlatformType": "linux",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let err = ssm
+        .delete_activation()
+        .activation_id(&doomed.activation_id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("InvalidActivationId"));
+    gateway.shutdown().await;
+}
