@@ -121,7 +121,7 @@ pub struct SessionsArgs {
 }
 
 /// The AWS configuration from the global options and the usual environment.
-async fn manager(global: &GlobalArgs) -> anyhow::Result<SessionManager> {
+pub(crate) async fn manager(global: &GlobalArgs) -> anyhow::Result<SessionManager> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(profile) = &global.profile {
         loader = loader.profile_name(profile);
@@ -147,7 +147,7 @@ async fn manager(global: &GlobalArgs) -> anyhow::Result<SessionManager> {
 }
 
 /// `NAME=VALUE` pairs; a repeated name collects several values.
-fn parse_parameters(pairs: &[String]) -> anyhow::Result<HashMap<String, Vec<String>>> {
+pub(crate) fn parse_parameters(pairs: &[String]) -> anyhow::Result<HashMap<String, Vec<String>>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for pair in pairs {
         let (name, value) = pair
@@ -480,7 +480,7 @@ pub async fn sessions(global: &GlobalArgs, args: SessionsArgs) -> anyhow::Result
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
-fn iso8601(secs: i64) -> String {
+pub(crate) fn iso8601(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Days to civil date (Howard Hinnant's algorithm).

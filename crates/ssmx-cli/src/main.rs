@@ -1,4 +1,4 @@
-//! `ssmx`: Session Manager client, agent, gateway and demo in one command.
+//! `ssmx`: Session Manager and Run Command client, agent, gateway and demo in one command.
 
 mod agent;
 mod bench;
@@ -6,12 +6,13 @@ mod client;
 mod demo;
 mod gateway;
 mod logging;
+mod run;
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// AWS Systems Manager Session Manager, all three ends.
+/// AWS Systems Manager Session Manager and Run Command, all three ends.
 #[derive(Parser)]
 #[command(name = "ssmx", version, about)]
 struct Cli {
@@ -50,6 +51,11 @@ enum Command {
     Exec(client::ExecArgs),
     /// List or terminate sessions.
     Sessions(client::SessionsArgs),
+    /// Run a command on many nodes with Run Command; exits 0 only if it succeeded on every one.
+    Run(run::RunArgs),
+    /// List, show or cancel Run Command commands.
+    #[command(subcommand)]
+    Commands(run::CommandsCommand),
     /// Run or administer the self-hosted gateway.
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
             Command::SshProxy(args) => client::ssh_proxy(&cli.global, args).await,
             Command::Exec(args) => client::exec(&cli.global, args).await,
             Command::Sessions(args) => client::sessions(&cli.global, args).await,
+            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Commands(cmd) => run::commands(&cli.global, cmd).await,
             Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
             Command::Agent(cmd) => agent::run(&cli.global, cmd).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,

@@ -3,52 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::{ChildGuard, Stack, Tmux};
 
-fn venv_bin(name: &str) -> PathBuf {
-    let path = common::workspace_root().join(".venv/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup-test-env first",
-        path.display()
-    );
-    path
-}
-
-/// PATH with our plugin first, then the virtualenv, then the system.
-fn path_with_plugin() -> String {
-    let plugin_dir = common::bin("session-manager-plugin")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let venv = common::workspace_root().join(".venv/bin");
-    format!(
-        "{}:{}:{}",
-        plugin_dir.display(),
-        venv.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
-fn aws(stack: &Stack) -> Command {
-    let mut cmd = Command::new(venv_bin("aws"));
-    stack.aws_env(&mut cmd);
-    cmd.env("PATH", path_with_plugin()).args([
-        "--endpoint-url",
-        &stack.url,
-        "--region",
-        common::REGION,
-    ]);
-    cmd
-}
-
 /// `aws ssm start-session` with AWS-StartNonInteractiveCommand running `command`; its stdout.
 fn command_session(stack: &Stack, command: &str) -> String {
     let parameters = serde_json::json!({ "command": [command] });
-    let out = aws(stack)
+    let out = stack
+        .aws()
         .args(["ssm", "start-session", "--target", &stack.instance_id])
         .args(["--document-name", "AWS-StartNonInteractiveCommand"])
         .args(["--parameters", &parameters.to_string()])
@@ -102,7 +65,8 @@ fn aws_cli_port_forwarding_session_forwards_tcp() {
     let echo = common::echo_server();
     let local = common::free_port();
     let _session = ChildGuard(
-        aws(&stack)
+        stack
+            .aws()
             .args(["ssm", "start-session", "--target", &stack.instance_id])
             .args([
                 "--document-name",
@@ -133,8 +97,8 @@ fn start_session_command_line(stack: &Stack, args: &str) -> String {
         common::SECRET_ACCESS_KEY,
         stack.path("none").display(),
         stack.path("none").display(),
-        path_with_plugin(),
-        venv_bin("aws").display(),
+        common::path_with_plugin(),
+        common::venv_bin("aws").display(),
         stack.url,
         common::REGION,
         stack.instance_id
@@ -194,7 +158,7 @@ except ssm.exceptions.TargetNotConnected:
     pass
 print("boto3-ok")
 "#;
-    let mut py = Command::new(venv_bin("python"));
+    let mut py = Command::new(common::venv_bin("python"));
     stack.aws_env(&mut py);
     let out = py
         .arg("-c")
@@ -210,12 +174,14 @@ print("boto3-ok")
     );
 
     // aws-cli lists the agent and refuses a disconnected target with the AWS error code.
-    let out = aws(&stack)
+    let out = stack
+        .aws()
         .args(["ssm", "describe-instance-information", "--output", "json"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&stack.instance_id));
-    let out = aws(&stack)
+    let out = stack
+        .aws()
         .args(["ssm", "start-session", "--target", "mi-00000000000000000"])
         .stdin(Stdio::null())
         .output()

@@ -128,12 +128,9 @@ const INVALID_DOCUMENT_CODES: &[&str] = &[
 ];
 
 impl Error {
-    /// Maps an SSM (or KMS) API failure to the variant a caller can act on.
-    pub(crate) fn from_api<E, R>(
-        operation: &'static str,
-        subject: &str,
-        err: SdkError<E, R>,
-    ) -> Self
+    /// Maps an SSM (or KMS) API failure of `operation` (about `subject`, e.g. the target) to the
+    /// variant a caller can act on.
+    pub fn from_api<E, R>(operation: &'static str, subject: &str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + 'static,

@@ -34,6 +34,32 @@ pub fn workspace_root() -> PathBuf {
         .unwrap()
 }
 
+/// A program of the Python virtualenv scripts/setup-test-env makes (aws-cli, python).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let path = workspace_root().join(".venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup-test-env first",
+        path.display()
+    );
+    path
+}
+
+/// PATH with our plugin first, then the virtualenv, then the system.
+pub fn path_with_plugin() -> String {
+    let plugin_dir = bin("session-manager-plugin")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let venv = workspace_root().join(".venv/bin");
+    format!(
+        "{}:{}:{}",
+        plugin_dir.display(),
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// A gateway and one registered agent, running until dropped.
 pub struct Stack {
     /// Scratch directory holding config, database, agent state and logs.
@@ -44,6 +70,7 @@ pub struct Stack {
     pub instance_id: String,
     gateway: ChildGuard,
     agent: Option<ChildGuard>,
+    extra_agents: Vec<ChildGuard>,
 }
 
 /// Kills (SIGTERM, then SIGKILL) and reaps a child process when dropped.
@@ -140,6 +167,23 @@ impl Stack {
         .trim()
         .to_owned();
 
+        let mut stack = Stack {
+            url,
+            instance_id: String::new(),
+            gateway,
+            agent: None,
+            extra_agents: Vec::new(),
+            dir,
+        };
+        stack.instance_id = stack.register_agent("agent");
+        stack.start_agent();
+        stack
+    }
+
+    /// Registers an agent identity with a fresh activation, its state in the scratch
+    /// directory's `state_dir`; its managed-instance id.
+    fn register_agent(&self, state_dir: &str) -> String {
+        let config = self.path("gateway.toml");
         let activation = run_ok(
             Command::new(bin("ssmx"))
                 .args(["gateway", "activation", "create", "--config"])
@@ -147,55 +191,72 @@ impl Stack {
         );
         let activation: serde_json::Value =
             serde_json::from_slice(&activation.stdout).expect("activation JSON");
-        let state_dir = dir.path().join("agent");
         let registered = run_ok(
             Command::new(bin("ssmx"))
-                .args(["agent", "register", "--gateway", &url, "--activation-id"])
+                .args([
+                    "agent",
+                    "register",
+                    "--gateway",
+                    &self.url,
+                    "--activation-id",
+                ])
                 .arg(activation["ActivationId"].as_str().unwrap())
                 .arg("--activation-code")
                 .arg(activation["ActivationCode"].as_str().unwrap())
                 .arg("--state-dir")
-                .arg(&state_dir),
+                .arg(self.path(state_dir)),
         );
         let registered: serde_json::Value =
             serde_json::from_slice(&registered.stdout).expect("register JSON");
-        let instance_id = registered["InstanceId"].as_str().unwrap().to_owned();
+        registered["InstanceId"].as_str().unwrap().to_owned()
+    }
 
-        let mut stack = Stack {
-            url,
-            instance_id,
-            gateway,
-            agent: None,
-            dir,
-        };
-        stack.start_agent();
-        stack
+    /// Starts `ssmx agent run` with its state in `state_dir` (logging to `state_dir.log`) and
+    /// waits until the gateway reports `instance_id` online.
+    fn spawn_agent(&self, state_dir: &str, instance_id: &str) -> ChildGuard {
+        let agent = Command::new(bin("ssmx"))
+            .args(["agent", "run", "--state-dir"])
+            .arg(self.path(state_dir))
+            .arg("--log-dir")
+            .arg(self.path(&format!("{state_dir}-sessions")))
+            .env("SSMX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(self.dir.path(), &format!("{state_dir}.log")))
+            .spawn()
+            .expect("start ssmx agent");
+        let agent = ChildGuard(agent, "agent");
+        wait_for(
+            || (self.ping_status_of(instance_id).as_deref() == Some("Online")).then_some(()),
+            "agent online",
+        );
+        agent
     }
 
     /// (Re)starts the agent process and waits until it is online.
     pub fn start_agent(&mut self) {
         self.agent = None;
-        let agent = Command::new(bin("ssmx"))
-            .args(["agent", "run", "--state-dir"])
-            .arg(self.dir.path().join("agent"))
-            .arg("--log-dir")
-            .arg(self.dir.path().join("sessions"))
-            .env("SSMX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(self.dir.path(), "agent.log"))
-            .spawn()
-            .expect("start ssmx agent");
-        self.agent = Some(ChildGuard(agent, "agent"));
-        wait_for(
-            || (self.ping_status().as_deref() == Some("Online")).then_some(()),
-            "agent online",
-        );
+        self.agent = Some(self.spawn_agent("agent", &self.instance_id));
+    }
+
+    /// Registers and starts one more agent (running until the stack is dropped); its
+    /// managed-instance id.
+    pub fn add_agent(&mut self) -> String {
+        let state_dir = format!("agent{}", self.extra_agents.len() + 2);
+        let instance_id = self.register_agent(&state_dir);
+        let agent = self.spawn_agent(&state_dir, &instance_id);
+        self.extra_agents.push(agent);
+        instance_id
     }
 
     /// The agent's ping status as DescribeInstanceInformation reports it.
     pub fn ping_status(&self) -> Option<String> {
+        self.ping_status_of(&self.instance_id)
+    }
+
+    /// An instance's ping status as DescribeInstanceInformation reports it.
+    pub fn ping_status_of(&self, instance_id: &str) -> Option<String> {
         let ssm = self.sdk();
-        let target = self.instance_id.clone();
+        let target = instance_id.to_owned();
         runtime().block_on(async move {
             let out = ssm.describe_instance_information().send().await.ok()?;
             out.instance_information_list()
@@ -247,6 +308,16 @@ impl Stack {
         let mut cmd = Command::new(bin("ssmx"));
         self.aws_env(&mut cmd);
         cmd.args(["--endpoint-url", &self.url, "--region", REGION]);
+        cmd
+    }
+
+    /// Unmodified aws-cli from the virtualenv with the stack's endpoint, region and
+    /// credentials, and our plugin on PATH.
+    pub fn aws(&self) -> Command {
+        let mut cmd = Command::new(venv_bin("aws"));
+        self.aws_env(&mut cmd);
+        cmd.env("PATH", path_with_plugin())
+            .args(["--endpoint-url", &self.url, "--region", REGION]);
         cmd
     }
 
@@ -314,14 +385,16 @@ impl Stack {
         self.dir.path().join(name)
     }
 
-    /// The gateway's and agent's logs, for failure messages.
+    /// The gateway's and agents' logs, for failure messages.
     pub fn logs(&self) -> String {
-        ["gateway.log", "agent.log"]
-            .iter()
+        let extra = (2..self.extra_agents.len() + 2).map(|n| format!("agent{n}.log"));
+        ["gateway.log".to_owned(), "agent.log".to_owned()]
+            .into_iter()
+            .chain(extra)
             .map(|f| {
                 format!(
                     "--- {f} ---\n{}",
-                    std::fs::read_to_string(self.path(f)).unwrap_or_default()
+                    std::fs::read_to_string(self.path(&f)).unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()
