@@ -49,7 +49,7 @@ impl Agent {
         let mgs = Arc::new(Mgs::new(registration, http.clone())?);
         let api = Arc::new(GatewayApi::new(registration, http)?);
         let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
-        let command_settings = commands::Settings::new(&self.config);
+        let command_settings = commands::Settings::new(&self.config, api.clone());
         let sessions = Arc::new(Sessions::new(
             Arc::new(SessionEnv {
                 mgs: mgs.clone(),

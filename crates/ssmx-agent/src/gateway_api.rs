@@ -158,6 +158,45 @@ impl GatewayApi {
             })
     }
 
+    /// Uploads one stream (`stdout` or `stderr`) of a plugin's whole output, for the gateway to
+    /// serve beyond what the reply carries. The plugin's name goes in hex, as the gateway's
+    /// output URLs carry it.
+    pub(crate) async fn upload_command_output(
+        &self,
+        command_id: &str,
+        plugin: &str,
+        stream: &str,
+        data: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        let mut url = self.url.clone();
+        url.path_segments_mut()
+            .map_err(|()| AgentError::Response {
+                url: self.url.to_string(),
+                detail: "the gateway URL cannot take a path".into(),
+            })?
+            .pop_if_empty()
+            .extend([
+                "ssmx",
+                "v1",
+                "command-output",
+                command_id,
+                &self.instance_id,
+                &hex::encode(plugin),
+                stream,
+            ]);
+        let content_type = "application/octet-stream";
+        self.send(
+            reqwest::Method::PUT,
+            &url,
+            SERVICE_SSM,
+            &[("content-type", content_type)],
+            data,
+            "UploadCommandOutput",
+        )
+        .await
+        .map(drop)
+    }
+
     /// One signed awsJson1_1 call; returns the response body. An AWS-shaped error answer
     /// becomes [`AgentError::Refused`].
     async fn call(
@@ -166,24 +205,40 @@ impl GatewayApi {
         target: &'static str,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, AgentError> {
-        let signed = self.signer.sign(
+        self.send(
+            reqwest::Method::POST,
+            &self.url,
             service,
-            "POST",
-            self.url.as_str(),
             &[("content-type", CONTENT_TYPE), ("x-amz-target", target)],
-            &body,
-        )?;
-        let mut request = self
-            .http
-            .post(self.url.clone())
-            .header("content-type", CONTENT_TYPE)
-            .header("x-amz-target", target)
-            .body(body);
+            body,
+            target,
+        )
+        .await
+    }
+
+    /// One signed request with `headers`; returns the response body. An AWS-shaped error
+    /// answer becomes [`AgentError::Refused`] naming `operation`.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &url::Url,
+        service: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        operation: &'static str,
+    ) -> Result<Vec<u8>, AgentError> {
+        let signed = self
+            .signer
+            .sign(service, method.as_str(), url.as_str(), headers, &body)?;
+        let mut request = self.http.request(method, url.clone()).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         for (name, value) in signed {
             request = request.header(name, value);
         }
         let http_error = |e: reqwest::Error| AgentError::Http {
-            url: self.url.to_string(),
+            url: url.to_string(),
             detail: error_chain(&e),
         };
         let response = request.send().await.map_err(http_error)?;
@@ -194,7 +249,7 @@ impl GatewayApi {
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(error) if !error.error_type.is_empty() => Err(AgentError::Refused {
-                operation: target,
+                operation,
                 code: error
                     .error_type
                     .rsplit('#')
@@ -204,7 +259,7 @@ impl GatewayApi {
                 message: error.message,
             }),
             _ => Err(AgentError::Status {
-                url: self.url.to_string(),
+                url: url.to_string(),
                 status: status.as_u16(),
                 body: truncate(&String::from_utf8_lossy(&bytes)),
             }),

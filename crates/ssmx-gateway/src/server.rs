@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
-use crate::{api, mgs};
+use crate::{api, commands, mgs};
 
 /// Completed TLS handshakes waiting for the server to pick them up.
 const TLS_ACCEPT_QUEUE: usize = 64;
@@ -40,6 +40,13 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/v1/data-channel/{session_id}",
             get(mgs::data_channel_socket).post(mgs::create_data_channel),
+        )
+        .route(
+            commands::output::ROUTE,
+            get(commands::output::get).put(commands::output::put).layer(
+                // The whole stream plus room for a multipart-free framing overhead.
+                DefaultBodyLimit::max(commands::output::MAX_STREAM_BYTES + 64 * 1024),
+            ),
         )
         .layer(DefaultBodyLimit::max(api::MAX_API_BODY))
         .layer(axum::middleware::map_response(aws_shaped_refusals))

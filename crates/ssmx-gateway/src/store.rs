@@ -337,6 +337,7 @@ impl Store {
         conn.execute_batch(crate::tags::SCHEMA)?;
         conn.execute_batch(crate::catalog::SCHEMA)?;
         conn.execute_batch(crate::fleet::SCHEMA)?;
+        conn.execute_batch(crate::commands::output::SCHEMA)?;
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),

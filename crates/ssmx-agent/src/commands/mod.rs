@@ -28,9 +28,10 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::AgentConfig;
+use crate::gateway_api::GatewayApi;
 use document::{Plan, Step, RUN_SHELL_SCRIPT};
 pub(crate) use outbox::{Outbox, Outgoing};
-use shell::{ShellContext, ShellInputs, Stopped, KILLED_EXIT_CODE};
+use shell::{ShellContext, ShellInputs, ShellOutcome, Stopped, KILLED_EXIT_CODE};
 use state::{DocumentState, Stage, Store, StoredReply};
 
 /// Exit code asking for a reboot: reported SuccessAndReboot (the host is not rebooted).
@@ -54,8 +55,10 @@ const INTERRUPTED: &str = "The agent stopped while this step was running.";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Run Command settings taken from the agent's configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Settings {
+    /// Where whole outputs go when a reply has to truncate them.
+    api: Arc<GatewayApi>,
     dir: Option<PathBuf>,
     max_concurrent: usize,
     instance_id: String,
@@ -63,9 +66,10 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// The Run Command part of `config`.
-    pub(crate) fn new(config: &AgentConfig) -> Self {
+    /// The Run Command part of `config`, uploading whole outputs through `api`.
+    pub(crate) fn new(config: &AgentConfig, api: Arc<GatewayApi>) -> Self {
         Self {
+            api,
             dir: config
                 .commands_dir
                 .clone()
@@ -86,6 +90,7 @@ pub(crate) struct Engine {
 struct Inner {
     /// `None` without a state directory: jobs are refused.
     store: Option<Store>,
+    api: Arc<GatewayApi>,
     instance_id: String,
     region: String,
     agent: AgentInfo,
@@ -114,6 +119,7 @@ impl Engine {
         let engine = Self {
             inner: Arc::new(Inner {
                 store: store.clone(),
+                api: settings.api,
                 instance_id: settings.instance_id,
                 region: settings.region,
                 agent: AgentInfo {
@@ -503,6 +509,7 @@ impl Inner {
         if self.shutdown.is_cancelled() && outcome.stopped == Some(Stopped::Cancelled) {
             return None;
         }
+        self.upload_whole_output(state, step, &outcome).await;
         let end = iso_millis(now_millis());
         let cancelled = outcome.stopped == Some(Stopped::Cancelled);
         let timed_out = outcome.stopped == Some(Stopped::TimedOut);
@@ -524,6 +531,37 @@ impl Inner {
             standard_error: truncate_chars(&outcome.stderr, limits::STANDARD_ERROR).to_owned(),
             ..base_result(step, &start, &end)
         })
+    }
+}
+
+impl Inner {
+    /// Uploads the streams of `outcome` that the reply truncates (stdout over
+    /// [`limits::STANDARD_OUTPUT`] characters, stderr over [`limits::STANDARD_ERROR`]), so the
+    /// gateway serves them whole. A failed upload is logged; the reply goes out regardless.
+    async fn upload_whole_output(
+        &self,
+        state: &DocumentState,
+        step: &Step,
+        outcome: &ShellOutcome,
+    ) {
+        let streams = [
+            ("stdout", &outcome.stdout, limits::STANDARD_OUTPUT),
+            ("stderr", &outcome.stderr, limits::STANDARD_ERROR),
+        ];
+        for (stream, text, limit) in streams {
+            if text.chars().nth(limit).is_none() {
+                continue;
+            }
+            let upload = self.api.upload_command_output(
+                &state.command_id,
+                &step.id,
+                stream,
+                text.as_bytes().to_vec(),
+            );
+            if let Err(e) = upload.await {
+                tracing::warn!(job = %state.job_id, step = %step.id, stream, "the whole output could not be uploaded: {e}");
+            }
+        }
     }
 }
 

@@ -9,10 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ssmx_protocol::command::PluginResult;
 
-use super::{
-    decode_next_token, encode_next_token, epoch_seconds, page_size, parse_date, validation,
-    ApiResult,
-};
+use super::{epoch_seconds, paginate, parse_date, validation, ApiResult};
+use crate::commands::output::{self, Stream};
 use crate::commands::{self, documents, status, summarise, CommandRecord, InvocationRecord, Limit};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
@@ -346,19 +344,12 @@ fn page<T: Serialize>(
     items: Vec<T>,
     input: &ListInput,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let limit = page_size(input.max_results, MAX_PAGE, 1, MAX_PAGE)?;
-    let offset = match &input.next_token {
-        Some(t) => decode_next_token(t)?,
-        None => 0,
-    };
-    let total = items.len() as u64;
-    let rows: Vec<T> = items
-        .into_iter()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .collect();
-    let next = (offset + limit < total).then(|| encode_next_token(offset + limit));
-    Ok((rows, next))
+    paginate(
+        items,
+        input.max_results,
+        input.next_token.as_deref(),
+        (MAX_PAGE, 1, MAX_PAGE),
+    )
 }
 
 pub(super) fn list_commands(hub: &Hub, input: ListInput) -> ApiResult {
@@ -443,8 +434,20 @@ fn plugin_status(inv: &InvocationRecord, result: Option<&PluginResult>) -> (Stri
     }
 }
 
+/// The URLs of one plugin's whole stdout and stderr at this gateway.
+fn output_urls(
+    base: &str,
+    command: &CommandRecord,
+    inv: &InvocationRecord,
+    plugin: &str,
+) -> (String, String) {
+    let url = |stream| output::url(base, &command.command_id, &inv.instance_id, plugin, stream);
+    (url(Stream::Stdout), url(Stream::Stderr))
+}
+
 fn invocation_json(
     hub: &Hub,
+    base: &str,
     command: &CommandRecord,
     inv: &InvocationRecord,
     details: bool,
@@ -480,19 +483,26 @@ fn invocation_json(
         "NotificationConfig": {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""},
         "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": false},
     });
+    // As on AWS, the invocation names output URLs only when its document has one plugin.
+    if let [(name, _)] = plugins.as_slice() {
+        let (stdout, stderr) = output_urls(base, command, inv, name);
+        out["StandardOutputUrl"] = stdout.into();
+        out["StandardErrorUrl"] = stderr.into();
+    }
     if details {
         let entries: Vec<Value> = plugins
             .iter()
             .map(|(name, result)| {
                 let (status, status_details, code) = plugin_status(inv, result.as_ref());
+                let (stdout_url, stderr_url) = output_urls(base, command, inv, name);
                 let mut p = serde_json::json!({
                     "Name": name,
                     "Status": status,
                     "StatusDetails": status_details,
                     "ResponseCode": code,
                     "Output": result.as_ref().map(|r| r.output.clone()).unwrap_or_default(),
-                    "StandardOutputUrl": "",
-                    "StandardErrorUrl": "",
+                    "StandardOutputUrl": stdout_url,
+                    "StandardErrorUrl": stderr_url,
                     "OutputS3Region": hub.settings.region,
                     "OutputS3BucketName": "",
                     "OutputS3KeyPrefix": "",
@@ -513,7 +523,7 @@ fn invocation_json(
     out
 }
 
-pub(super) fn list_command_invocations(hub: &Hub, input: ListInput) -> ApiResult {
+pub(super) fn list_command_invocations(hub: &Hub, base: &str, input: ListInput) -> ApiResult {
     let mut out = Vec::new();
     for command in listed_commands(hub, &input)? {
         for inv in hub.store.invocations(&command.command_id)? {
@@ -525,7 +535,7 @@ pub(super) fn list_command_invocations(hub: &Hub, input: ListInput) -> ApiResult
                 continue;
             }
             if passes(&input.filters, &command, &inv.status)? {
-                out.push(invocation_json(hub, &command, &inv, input.details));
+                out.push(invocation_json(hub, base, &command, &inv, input.details));
             }
         }
     }
@@ -561,7 +571,11 @@ fn elapsed(start: &str, end: &str) -> String {
     }
 }
 
-pub(super) fn get_command_invocation(hub: &Hub, input: GetCommandInvocationInput) -> ApiResult {
+pub(super) fn get_command_invocation(
+    hub: &Hub,
+    base: &str,
+    input: GetCommandInvocationInput,
+) -> ApiResult {
     let missing = || {
         ApiError::new(
             ErrorCode::InvocationDoesNotExist,
@@ -598,6 +612,7 @@ pub(super) fn get_command_invocation(hub: &Hub, input: GetCommandInvocationInput
         )
     };
     let limits = |text: &str, n| ssmx_protocol::command::truncate_chars(text, n).to_owned();
+    let (stdout_url, stderr_url) = output_urls(base, &command, &inv, name);
     Ok(serde_json::json!({
         "CommandId": command.command_id,
         "InstanceId": inv.instance_id,
@@ -612,9 +627,9 @@ pub(super) fn get_command_invocation(hub: &Hub, input: GetCommandInvocationInput
         "Status": status,
         "StatusDetails": details,
         "StandardOutputContent": limits(&result.standard_output, 24_000),
-        "StandardOutputUrl": "",
+        "StandardOutputUrl": stdout_url,
         "StandardErrorContent": limits(&result.standard_error, 8_000),
-        "StandardErrorUrl": "",
+        "StandardErrorUrl": stderr_url,
         "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": false},
     }))
 }

@@ -6,9 +6,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    decode_next_token, encode_next_token, epoch_seconds, page_size, validation, ApiResult,
-};
+use super::{epoch_seconds, paginate, validation, ApiResult};
 use crate::catalog::{self, Document, DocumentType, Format, Owner, Version};
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::Hub;
@@ -254,16 +252,6 @@ pub(super) fn get_document(hub: &Hub, input: NamedVersionInput) -> ApiResult {
 }
 
 pub(super) fn list_documents(hub: &Hub, input: ListDocumentsInput) -> ApiResult {
-    let limit = page_size(
-        input.max_results,
-        DEFAULT_DOCUMENT_PAGE,
-        1,
-        MAX_DOCUMENT_PAGE,
-    )?;
-    let offset = match &input.next_token {
-        Some(t) => decode_next_token(t)?,
-        None => 0,
-    };
     let filters: Vec<(String, Vec<String>)> = input
         .filters
         .into_iter()
@@ -281,16 +269,19 @@ pub(super) fn list_documents(hub: &Hub, input: ListDocumentsInput) -> ApiResult 
             listed.push(document);
         }
     }
-    let total = listed.len() as u64;
-    let page = listed
+    let (page, next) = paginate(
+        listed,
+        input.max_results,
+        input.next_token.as_deref(),
+        (DEFAULT_DOCUMENT_PAGE, 1, MAX_DOCUMENT_PAGE),
+    )?;
+    let page = page
         .iter()
-        .skip(offset as usize)
-        .take(limit as usize)
         .map(|d| identifier(hub, d))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = json!({ "DocumentIdentifiers": page });
-    if offset + limit < total {
-        out["NextToken"] = json!(encode_next_token(offset + limit));
+    if let Some(next) = next {
+        out["NextToken"] = json!(next);
     }
     Ok(out)
 }

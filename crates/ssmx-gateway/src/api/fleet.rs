@@ -6,9 +6,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    decode_next_token, encode_next_token, epoch_seconds, page_size, validation, ApiResult,
-};
+use super::{epoch_seconds, paginate, validation, ApiResult};
 use crate::error::{ApiError, ErrorCode};
 use crate::fleet::ActivationRecord;
 use crate::hub::Hub;
@@ -114,16 +112,6 @@ fn activation_json(a: &ActivationRecord, now: SystemTime) -> serde_json::Value {
 }
 
 pub(super) fn describe_activations(hub: &Hub, input: DescribeActivationsInput) -> ApiResult {
-    let limit = page_size(
-        input.max_results,
-        DEFAULT_ACTIVATION_PAGE,
-        1,
-        MAX_ACTIVATION_PAGE,
-    )?;
-    let offset = match &input.next_token {
-        Some(t) => decode_next_token(t)?,
-        None => 0,
-    };
     for f in &input.filters {
         if !matches!(
             f.key.as_str(),
@@ -150,16 +138,17 @@ pub(super) fn describe_activations(hub: &Hub, input: DescribeActivationsInput) -
             })
         })
         .collect();
+    let (page, next) = paginate(
+        listed,
+        input.max_results,
+        input.next_token.as_deref(),
+        (DEFAULT_ACTIVATION_PAGE, 1, MAX_ACTIVATION_PAGE),
+    )?;
     let now = SystemTime::now();
-    let page: Vec<_> = listed
-        .iter()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .map(|a| activation_json(a, now))
-        .collect();
+    let page: Vec<_> = page.iter().map(|a| activation_json(a, now)).collect();
     let mut out = json!({ "ActivationList": page });
-    if offset + limit < listed.len() as u64 {
-        out["NextToken"] = json!(encode_next_token(offset + limit));
+    if let Some(next) = next {
+        out["NextToken"] = json!(next);
     }
     Ok(out)
 }

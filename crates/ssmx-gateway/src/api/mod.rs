@@ -143,10 +143,10 @@ async fn dispatch(
         }
         ("ListCommands", Caller::User { .. }) => commands::list_commands(hub, parse(body)?),
         ("ListCommandInvocations", Caller::User { .. }) => {
-            commands::list_command_invocations(hub, parse(body)?)
+            commands::list_command_invocations(hub, &base_url(hub, &host), parse(body)?)
         }
         ("GetCommandInvocation", Caller::User { .. }) => {
-            commands::get_command_invocation(hub, parse(body)?)
+            commands::get_command_invocation(hub, &base_url(hub, &host), parse(body)?)
         }
         ("CancelCommand", Caller::User { .. }) => {
             commands::cancel_command(hub, parse(body)?).await
@@ -223,20 +223,23 @@ struct StartSessionInput {
     parameters: BTreeMap<String, Vec<String>>,
 }
 
-fn stream_url(hub: &Hub, host: &str, session_id: &str) -> String {
-    let base = match &hub.settings.public_url {
-        Some(url) => {
-            let url = url.trim_end_matches('/');
-            if let Some(rest) = url.strip_prefix("https://") {
-                format!("wss://{rest}")
-            } else {
-                format!("ws://{}", url.trim_start_matches("http://"))
-            }
-        }
+/// The gateway's base URL as callers reach it: `public_url`, else the scheme and the `Host` the
+/// request came to.
+fn base_url(hub: &Hub, host: &str) -> String {
+    match &hub.settings.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let scheme = if hub.settings.tls { "wss" } else { "ws" };
+            let scheme = if hub.settings.tls { "https" } else { "http" };
             format!("{scheme}://{host}")
         }
+    }
+}
+
+fn stream_url(hub: &Hub, host: &str, session_id: &str) -> String {
+    let base = base_url(hub, host);
+    let base = match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => format!("ws://{}", base.trim_start_matches("http://")),
     };
     format!("{base}/v1/data-channel/{session_id}?role=publish_subscribe")
 }
@@ -478,6 +481,29 @@ fn decode_next_token(token: &str) -> Result<u64, ApiError> {
         .ok_or_else(invalid)
 }
 
+/// One page of `items` for an operation with `MaxResults` (`default`, within `min..=max`) and
+/// `NextToken`: the page, and the token of the next one when more follow.
+fn paginate<T>(
+    items: Vec<T>,
+    max_results: Option<i64>,
+    next_token: Option<&str>,
+    (default, min, max): (u64, u64, u64),
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = page_size(max_results, default, min, max)?;
+    let offset = match next_token {
+        Some(t) => decode_next_token(t)?,
+        None => 0,
+    };
+    let total = items.len() as u64;
+    let page = items
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect();
+    let next = (offset + limit < total).then(|| encode_next_token(offset + limit));
+    Ok((page, next))
+}
+
 fn page_size(given: Option<i64>, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
     match given {
         None => Ok(default),
@@ -620,16 +646,6 @@ struct InstanceFilter {
 }
 
 fn describe_instance_information(hub: &Hub, input: DescribeInstanceInformationInput) -> ApiResult {
-    let limit = page_size(
-        input.max_results,
-        DEFAULT_INSTANCE_PAGE,
-        5,
-        MAX_INSTANCE_PAGE,
-    )?;
-    let offset = match &input.next_token {
-        Some(t) => decode_next_token(t)?,
-        None => 0,
-    };
     let filters: Vec<(String, Vec<String>)> = input
         .instance_information_filter_list
         .into_iter()
@@ -674,15 +690,15 @@ fn describe_instance_information(hub: &Hub, input: DescribeInstanceInformationIn
             listed.push(item);
         }
     }
-    let total = listed.len() as u64;
-    let page: Vec<Value> = listed
-        .into_iter()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .collect();
+    let (page, next) = paginate(
+        listed,
+        input.max_results,
+        input.next_token.as_deref(),
+        (DEFAULT_INSTANCE_PAGE, 5, MAX_INSTANCE_PAGE),
+    )?;
     let mut out = json!({ "InstanceInformationList": page });
-    if offset + limit < total {
-        out["NextToken"] = json!(encode_next_token(offset + limit));
+    if let Some(next) = next {
+        out["NextToken"] = json!(next);
     }
     Ok(out)
 }

@@ -11,6 +11,7 @@
 //! is never changed by a late or reordered reply.
 
 pub(crate) mod documents;
+pub mod output;
 pub mod store;
 
 use std::collections::BTreeMap;
