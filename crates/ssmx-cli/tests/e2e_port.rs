@@ -8,6 +8,39 @@ use std::process::Stdio;
 
 use common::{echo_roundtrip, ChildGuard, Stack};
 
+/// Starts `ssmx port-forward` to `remote_port` on a local port it picks itself, and returns it
+/// with that port, read from its "Port N opened" line (no port is freed and taken again).
+fn port_forward(stack: &Stack, remote_port: u16) -> (ChildGuard, u16) {
+    let mut child = ChildGuard(
+        stack
+            .ssmx()
+            .args([
+                "port-forward",
+                &stack.instance_id,
+                "--remote-port",
+                &remote_port.to_string(),
+                "--local-port",
+                "0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    let mut status = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let line = common::read_until(&mut status, " opened for sessionId");
+    let port = line
+        .rsplit("Port ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    // Keep reading what it prints, so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut status, &mut std::io::sink()));
+    (child, port)
+}
+
 /// Bytes read through the forward before the crash.
 const BEFORE_CRASH: usize = 1024 * 1024;
 
@@ -17,24 +50,7 @@ const BEFORE_CRASH: usize = 1024 * 1024;
 fn download_cut_short_by(crash: fn(&mut Stack)) {
     let mut stack = Stack::start();
     let source = common::endless_source();
-    let local = common::free_port();
-    let mut forward = ChildGuard(
-        stack
-            .ssmx()
-            .args([
-                "port-forward",
-                &stack.instance_id,
-                "--remote-port",
-                &source.to_string(),
-                "--local-port",
-                &local.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        "port-forward",
-    );
+    let (mut forward, local) = port_forward(&stack, source);
     let mut conn = common::connect(local);
     conn.set_read_timeout(Some(common::STEP_DEADLINE)).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
@@ -74,24 +90,7 @@ fn a_gateway_crash_resets_the_forwarded_connection() {
 fn parallel_connections_through_one_forward_arrive_byte_exact() {
     let stack = Stack::start();
     let echo = common::echo_server();
-    let local = common::free_port();
-    let _forward = ChildGuard(
-        stack
-            .ssmx()
-            .args([
-                "port-forward",
-                &stack.instance_id,
-                "--remote-port",
-                &echo.to_string(),
-                "--local-port",
-                &local.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        "port-forward",
-    );
+    let (_forward, local) = port_forward(&stack, echo);
     common::connect(local);
 
     let workers: Vec<_> = (0..20)
@@ -140,24 +139,7 @@ fn a_frozen_agent_resumes_the_transfer_byte_exact() {
     const TOTAL: usize = 16 * 1024 * 1024;
     let stack = Stack::start();
     let echo = common::echo_server();
-    let local = common::free_port();
-    let _forward = ChildGuard(
-        stack
-            .ssmx()
-            .args([
-                "port-forward",
-                &stack.instance_id,
-                "--remote-port",
-                &echo.to_string(),
-                "--local-port",
-                &local.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        "port-forward",
-    );
+    let (_forward, local) = port_forward(&stack, echo);
     let data = common::pattern(TOTAL, 11);
     let mut conn = common::connect(local);
     conn.set_read_timeout(Some(common::STEP_DEADLINE)).unwrap();
