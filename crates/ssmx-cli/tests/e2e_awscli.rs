@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{ChildGuard, Stack, Tmux};
 
@@ -158,20 +158,7 @@ except ssm.exceptions.TargetNotConnected:
     pass
 print("boto3-ok")
 "#;
-    let mut py = Command::new(common::venv_bin("python"));
-    stack.aws_env(&mut py);
-    let out = py
-        .arg("-c")
-        .arg(script)
-        .args([&stack.url, common::REGION, &stack.instance_id])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("boto3-ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
+    stack.run_boto3(script);
 
     // aws-cli lists the agent and refuses a disconnected target with the AWS error code.
     let out = stack

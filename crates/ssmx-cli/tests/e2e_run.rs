@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::Stack;
 use serde_json::Value;
@@ -199,20 +199,7 @@ assert len(invocations) == 3, invocations
 assert all(i["CommandPlugins"][0]["ResponseCode"] == 0 for i in invocations), invocations
 print("boto3-ok")
 "#;
-    let mut py = Command::new(common::venv_bin("python"));
-    stack.aws_env(&mut py);
-    let out = py
-        .arg("-c")
-        .arg(script)
-        .args([&stack.url, common::REGION, &stack.instance_id])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("boto3-ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
+    stack.run_boto3(script);
 }
 
 /// `ssmx ARGS` against the stack, to completion.

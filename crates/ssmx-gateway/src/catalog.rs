@@ -2,16 +2,16 @@
 //! session documents of the documents directory, and the documents users create through the SSM
 //! API, kept in SQLite with all their versions and a default version (RUNCOMMAND.md §2).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
 use ssmx_protocol::document::SessionDocument;
 
 use crate::commands::documents::{self as command_documents, CommandDocument};
-use crate::documents::{Documents, PreparedDocument};
+use crate::documents::{strip_arn, Documents, PreparedDocument};
 use crate::error::{ApiError, ErrorCode};
-use crate::store::{Store, StoreError};
+use crate::store::{from_millis, millis, Store, StoreError};
 
 /// Tables of this module, created with the store's.
 pub(crate) const SCHEMA: &str = r#"
@@ -261,7 +261,7 @@ pub fn find(
     name: &str,
     version: Version,
 ) -> Result<Document, ApiError> {
-    let name = name.rsplit('/').next().unwrap_or(name);
+    let name = strip_arn(name);
     let missing = || {
         ApiError::new(
             ErrorCode::InvalidDocument,
@@ -302,7 +302,7 @@ pub fn prepare_session(
     given: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> Result<PreparedDocument, ApiError> {
     let stored = name
-        .map(|n| n.rsplit('/').next().unwrap_or(n))
+        .map(strip_arn)
         .filter(|n| session_documents.get(n).is_none());
     let Some(name) = stored else {
         return session_documents.prepare(name, given);
@@ -383,12 +383,6 @@ pub fn all(store: &Store, session_documents: &Documents) -> Result<Vec<Document>
         .collect()
 }
 
-fn to_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Adds a version of a stored document: version 1 (and the default) of a new one, or the
     /// next version of an existing one. Returns the new version's number.
@@ -410,7 +404,7 @@ impl Store {
         let version = latest.unwrap_or(0) + 1;
         tx.execute(
             "INSERT INTO documents (name, version, document_type, document_format, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, version, document_type.as_str(), format.as_str(), content, to_ms(now)],
+            params![name, version, document_type.as_str(), format.as_str(), content, millis(now)],
         )?;
         if version == 1 {
             tx.execute(
@@ -481,7 +475,7 @@ impl Store {
             content,
             value,
             owner: Owner::Account,
-            created_at: UNIX_EPOCH + Duration::from_millis(created_at.max(0) as u64),
+            created_at: from_millis(created_at),
             stored: true,
         }))
     }

@@ -431,7 +431,8 @@ fn compile(document: SessionDocument) -> Result<Entry, String> {
     Ok(Entry { document, patterns })
 }
 
-fn strip_arn(name: &str) -> &str {
+/// A document's name from its name or ARN.
+pub(crate) fn strip_arn(name: &str) -> &str {
     if name.starts_with("arn:") {
         name.rsplit('/').next().unwrap_or(name)
     } else {

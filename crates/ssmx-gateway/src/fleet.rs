@@ -1,11 +1,11 @@
 //! The fleet's life cycle in the gateway's SQLite database: activations listed and deleted,
 //! managed instances deregistered (RUNCOMMAND.md §5).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rusqlite::params;
 
-use crate::store::{Store, StoreError};
+use crate::store::{from_millis, Store, StoreError};
 
 /// Tables of this module, created with the store's. A deleted activation keeps its row (the
 /// instances it registered refer to it) and is listed here.
@@ -36,10 +36,6 @@ pub struct ActivationRecord {
     pub expires_at: SystemTime,
 }
 
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
 impl Store {
     /// Activations not deleted, oldest first.
     pub fn activations(&self) -> Result<Vec<ActivationRecord>, StoreError> {
@@ -58,8 +54,8 @@ impl Store {
                 iam_role: r.get(3)?,
                 registration_limit: r.get(4)?,
                 registrations: r.get(5)?,
-                created_at: from_ms(r.get(6)?),
-                expires_at: from_ms(r.get(7)?),
+                created_at: from_millis(r.get(6)?),
+                expires_at: from_millis(r.get(7)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -839,7 +839,8 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn from_millis(ms: i64) -> SystemTime {
+/// The time stored as milliseconds since the epoch (negative: the epoch).
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 

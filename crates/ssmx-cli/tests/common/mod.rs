@@ -342,6 +342,25 @@ impl Stack {
         parts.join(" ")
     }
 
+    /// Runs a boto3 `script` with the venv's Python and the stack's AWS environment; its
+    /// arguments are the gateway URL, the region and the instance id. It must print `boto3-ok`.
+    pub fn run_boto3(&self, script: &str) {
+        let mut py = Command::new(venv_bin("python"));
+        self.aws_env(&mut py);
+        let out = py
+            .arg("-c")
+            .arg(script)
+            .args([&self.url, REGION, &self.instance_id])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("boto3-ok"),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
     /// Sets the AWS environment (credentials, region, no shared config) on `cmd`.
     pub fn aws_env(&self, cmd: &mut Command) {
         cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)

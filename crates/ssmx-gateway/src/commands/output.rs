@@ -6,6 +6,7 @@
 //! both SigV4-signed (service `ssm`): a PUT by the agent of that instance, for an invocation it
 //! was sent; a GET by a user (for example `curl --aws-sigv4 aws:amz:<region>:ssm`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use rusqlite::{params, OptionalExtension};
+use ssmx_protocol::command::PluginResult;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Caller, Hub};
@@ -169,39 +171,32 @@ pub(crate) async fn put(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let result = (|| {
-        let (key, stream) = key.decode()?;
-        let caller = authenticate(&hub, &method, &uri, &headers, &body)?;
-        let own =
-            matches!(&caller, Caller::Agent { instance_id } if *instance_id == key.instance_id);
-        if !own {
-            return Err(ApiError::new(
-                ErrorCode::AccessDenied,
-                "only the instance's own agent uploads its command output",
-            ));
-        }
-        if hub
-            .store
-            .invocation(&key.command_id, &key.instance_id)?
-            .is_none()
-        {
-            return Err(ApiError::new(
-                ErrorCode::InvocationDoesNotExist,
-                format!(
-                    "{} was not sent command {}",
-                    key.instance_id, key.command_id
-                ),
-            ));
-        }
-        let kept = &body[..body.len().min(MAX_STREAM_BYTES)];
-        hub.store.put_command_output(&key, stream, kept)?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
+) -> Result<StatusCode, ApiError> {
+    let (key, stream) = key.decode()?;
+    let caller = authenticate(&hub, &method, &uri, &headers, &body)?;
+    let own = matches!(&caller, Caller::Agent { instance_id } if *instance_id == key.instance_id);
+    if !own {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            "only the instance's own agent uploads its command output",
+        ));
     }
+    if hub
+        .store
+        .invocation(&key.command_id, &key.instance_id)?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvocationDoesNotExist,
+            format!(
+                "{} was not sent command {}",
+                key.instance_id, key.command_id
+            ),
+        ));
+    }
+    let kept = &body[..body.len().min(MAX_STREAM_BYTES)];
+    hub.store.put_command_output(&key, stream, kept)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET`: a user reads one stream, whole: what the agent uploaded, else what its reply carried
@@ -212,51 +207,40 @@ pub(crate) async fn get(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let (key, stream) = key.decode()?;
-        match authenticate(&hub, &method, &uri, &headers, &[])? {
-            Caller::User { .. } => {}
-            Caller::Agent { .. } => {
-                return Err(ApiError::new(
-                    ErrorCode::AccessDenied,
-                    "command output is read with user credentials",
-                ))
-            }
-        }
-        if let Some(data) = hub.store.command_output(&key, stream)? {
-            return Ok(data);
-        }
-        let invocation = hub
-            .store
-            .invocation(&key.command_id, &key.instance_id)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvocationDoesNotExist,
-                    format!("no invocation of {} on {}", key.command_id, key.instance_id),
-                )
-            })?;
-        let plugins: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&invocation.plugins).unwrap_or_default();
-        let result = plugins.get(&key.plugin);
-        let field = match stream {
-            Stream::Stdout => "standardOutput",
-            Stream::Stderr => "standardError",
-        };
-        Ok(result
-            .and_then(|r| r.get(field))
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec())
-    })();
-    match result {
-        Ok(data) => (
-            StatusCode::OK,
-            [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            data,
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
+) -> Result<Response, ApiError> {
+    let (key, stream) = key.decode()?;
+    if let Caller::Agent { .. } = authenticate(&hub, &method, &uri, &headers, &[])? {
+        return Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            "command output is read with user credentials",
+        ));
     }
+    let data = match hub.store.command_output(&key, stream)? {
+        Some(data) => data,
+        None => {
+            let invocation = hub
+                .store
+                .invocation(&key.command_id, &key.instance_id)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvocationDoesNotExist,
+                        format!("no invocation of {} on {}", key.command_id, key.instance_id),
+                    )
+                })?;
+            let mut plugins: BTreeMap<String, PluginResult> =
+                serde_json::from_str(&invocation.plugins).unwrap_or_default();
+            let result = plugins.remove(&key.plugin).unwrap_or_default();
+            match stream {
+                Stream::Stdout => result.standard_output,
+                Stream::Stderr => result.standard_error,
+            }
+            .into_bytes()
+        }
+    };
+    Ok((
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        data,
+    )
+        .into_response())
 }

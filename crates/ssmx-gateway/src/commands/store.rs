@@ -2,11 +2,11 @@
 //! (command, instance) invocation, written before SendCommand answers and updated by delivery and
 //! the agents' replies, so commands in flight survive a gateway restart.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use crate::store::{Store, StoreError};
+use crate::store::{from_millis, millis, Store, StoreError};
 
 /// Tables of this module, created with the store's.
 pub(crate) const SCHEMA: &str = r#"
@@ -103,16 +103,6 @@ pub struct InvocationRecord {
     pub last_sent_at: Option<SystemTime>,
 }
 
-fn to_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
 const COMMAND_COLUMNS: &str = "command_id, owner, document_name, document_content, comment, parameters, requested_parameters, instance_ids, targets, requested_at, expires_at, timeout_seconds, max_concurrency, max_errors, cancel_requested";
 const INVOCATION_COLUMNS: &str = "command_id, instance_id, position, status, status_details, response_code, plugins, dispatched_at, acked, last_sent_at";
 
@@ -127,8 +117,8 @@ fn command_row(r: &Row<'_>) -> rusqlite::Result<CommandRecord> {
         requested_parameters: r.get(6)?,
         instance_ids: r.get(7)?,
         targets: r.get(8)?,
-        requested_at: from_ms(r.get(9)?),
-        expires_at: from_ms(r.get(10)?),
+        requested_at: from_millis(r.get(9)?),
+        expires_at: from_millis(r.get(10)?),
         timeout_seconds: r.get::<_, i64>(11)?.max(0) as u64,
         max_concurrency: r.get(12)?,
         max_errors: r.get(13)?,
@@ -145,9 +135,9 @@ fn invocation_row(r: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
         status_details: r.get(4)?,
         response_code: r.get(5)?,
         plugins: r.get(6)?,
-        dispatched_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+        dispatched_at: r.get::<_, Option<i64>>(7)?.map(from_millis),
         acked: r.get::<_, i64>(8)? != 0,
-        last_sent_at: r.get::<_, Option<i64>>(9)?.map(from_ms),
+        last_sent_at: r.get::<_, Option<i64>>(9)?.map(from_millis),
     })
 }
 
@@ -172,8 +162,8 @@ impl Store {
                 command.requested_parameters,
                 command.instance_ids,
                 command.targets,
-                to_ms(command.requested_at),
-                to_ms(command.expires_at),
+                millis(command.requested_at),
+                millis(command.expires_at),
                 command.timeout_seconds as i64,
                 command.max_concurrency,
                 command.max_errors,
@@ -268,9 +258,9 @@ impl Store {
                 inv.status_details,
                 inv.response_code,
                 inv.plugins,
-                inv.dispatched_at.map(to_ms),
+                inv.dispatched_at.map(millis),
                 i64::from(inv.acked),
-                inv.last_sent_at.map(to_ms),
+                inv.last_sent_at.map(millis),
             ],
         )?;
         Ok(())
