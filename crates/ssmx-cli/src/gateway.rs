@@ -1,4 +1,9 @@
-//! `ssmx gateway`: run the self-hosted gateway, create activations, replay recordings.
+//! `ssmx gateway`: run the self-hosted gateway, manage activations and registered instances,
+//! replay recordings.
+//!
+//! `activation create` and `replay` work on the gateway's database directly (no gateway need
+//! run); `activation list`, `activation delete` and `instance deregister` call the SSM API of a
+//! running gateway (`--endpoint-url`), so that it cuts off what they revoke at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,9 +11,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use aws_sdk_ssm::types::Activation;
+use ssmx_client::Error;
 use ssmx_gateway::config::{Config, Database};
 use ssmx_gateway::store::{NewActivation, Store};
 use ssmx_gateway::Gateway;
+
+use crate::client::{iso8601, manager};
 
 /// `ssmx gateway` subcommands.
 #[derive(clap::Subcommand)]
@@ -31,6 +40,9 @@ pub enum GatewayCommand {
     /// Manage agent activations.
     #[command(subcommand)]
     Activation(ActivationCommand),
+    /// Manage registered instances (through the running gateway's API).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Play a recorded shell session back with its original timing.
     Replay {
         /// The session id.
@@ -74,6 +86,27 @@ pub enum ActivationCommand {
         #[arg(long)]
         default_instance_name: Option<String>,
     },
+    /// List activations with their use and expiry (DescribeActivations).
+    List {
+        /// Print them as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an activation: no more instances register with it (DeleteActivation).
+    Delete {
+        /// The activation id.
+        activation_id: String,
+    },
+}
+
+/// `ssmx gateway instance` subcommands.
+#[derive(clap::Subcommand)]
+pub enum InstanceCommand {
+    /// Deregister an instance: its credentials stop working and its control channel is closed.
+    Deregister {
+        /// The instance (mi-…).
+        instance_id: String,
+    },
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -91,7 +124,7 @@ fn database(config: &Config, db: Option<&str>) -> anyhow::Result<Database> {
 }
 
 /// Runs an `ssmx gateway` subcommand.
-pub async fn run(_global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GatewayCommand::Run {
             config,
@@ -155,6 +188,29 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Re
             println!("{}", serde_json::to_string(&activation)?);
             Ok(ExitCode::SUCCESS)
         }
+        GatewayCommand::Activation(ActivationCommand::List { json }) => {
+            list_activations(&ssm(global).await?, json).await
+        }
+        GatewayCommand::Activation(ActivationCommand::Delete { activation_id }) => {
+            ssm(global)
+                .await?
+                .delete_activation()
+                .activation_id(&activation_id)
+                .send()
+                .await
+                .map_err(|e| Error::from_api("DeleteActivation", &activation_id, e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        GatewayCommand::Instance(InstanceCommand::Deregister { instance_id }) => {
+            ssm(global)
+                .await?
+                .deregister_managed_instance()
+                .instance_id(&instance_id)
+                .send()
+                .await
+                .map_err(|e| Error::from_api("DeregisterManagedInstance", &instance_id, e))?;
+            Ok(ExitCode::SUCCESS)
+        }
         GatewayCommand::Replay {
             session_id,
             config,
@@ -185,6 +241,56 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn ssm(global: &crate::GlobalArgs) -> anyhow::Result<aws_sdk_ssm::Client> {
+    Ok(manager(global).await?.ssm().clone())
+}
+
+/// `ssmx gateway activation list`: one line an activation, or JSON.
+async fn list_activations(ssm: &aws_sdk_ssm::Client, json: bool) -> anyhow::Result<ExitCode> {
+    let activations: Vec<Activation> = ssm
+        .describe_activations()
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| Error::from_api("DescribeActivations", "", e))?;
+    let time = |t: Option<&aws_sdk_ssm::primitives::DateTime>| t.map(|t| iso8601(t.secs()));
+    if json {
+        let listed: Vec<serde_json::Value> = activations
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "ActivationId": a.activation_id(),
+                    "Description": a.description(),
+                    "DefaultInstanceName": a.default_instance_name(),
+                    "RegistrationLimit": a.registration_limit(),
+                    "RegistrationsCount": a.registrations_count(),
+                    "ExpirationDate": time(a.expiration_date()),
+                    "Expired": a.expired(),
+                    "CreatedDate": time(a.created_date()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("ACTIVATION ID\tREGISTERED\tLIMIT\tEXPIRES\tSTATE\tDESCRIPTION");
+    for a in &activations {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            a.activation_id().unwrap_or_default(),
+            a.registrations_count().unwrap_or_default(),
+            a.registration_limit()
+                .map_or("-".to_owned(), |l| l.to_string()),
+            time(a.expiration_date()).unwrap_or_else(|| "-".to_owned()),
+            if a.expired() { "expired" } else { "active" },
+            a.description().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod demo;
 mod gateway;
+mod instances;
 mod logging;
 mod run;
 
@@ -56,6 +57,8 @@ enum Command {
     /// List, show or cancel Run Command commands.
     #[command(subcommand)]
     Commands(run::CommandsCommand),
+    /// List the fleet's nodes: reachability, last contact, platform, agent, tags; or tag them.
+    Instances(instances::InstancesArgs),
     /// Run or administer the self-hosted gateway.
     #[command(subcommand)]
     Gateway(gateway::GatewayCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Sessions(args) => client::sessions(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, args).await,
             Command::Commands(cmd) => run::commands(&cli.global, cmd).await,
+            Command::Instances(args) => instances::run(&cli.global, args).await,
             Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
             Command::Agent(cmd) => agent::run(&cli.global, cmd).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,

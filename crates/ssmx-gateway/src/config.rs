@@ -37,6 +37,9 @@ pub const DEFAULT_RECORDINGS_MAX_AGE_DAYS: u64 = 30;
 pub const DEFAULT_RECORDINGS_MAX_TOTAL_MIB: u64 = 10 * 1024;
 /// Default period of the retention sweep.
 pub const DEFAULT_RECORDINGS_SWEEP_SECONDS: u64 = 600;
+/// How long a node without a control channel stays Online after it was last heard from:
+/// twice the agents' default health period of five minutes (RUNCOMMAND.md §5).
+pub const DEFAULT_CONNECTION_LOST_AFTER: Duration = Duration::from_secs(600);
 
 /// Where the SQLite state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +150,13 @@ pub struct Config {
     /// Seconds a started session waits for its client to open the data channel before it
     /// fails (default and most: the StreamUrl token's lifetime, 300).
     pub client_connect_timeout_seconds: Option<u64>,
+    /// Seconds a node whose control channel is closed stays Online after it was last heard
+    /// from (control channel traffic, UpdateInstanceInformation); then it is ConnectionLost
+    /// (default 600: twice the agents' default health period).
+    pub connection_lost_after_seconds: Option<u64>,
+    /// The newest agent version; DescribeInstanceInformation reports `IsLatestVersion` false
+    /// for nodes that run an older one (default: the version ssmx agents report).
+    pub latest_agent_version: Option<String>,
     /// Access keys accepted on the SSM API.
     #[serde(default)]
     pub credentials: Vec<ApiCredential>,
@@ -244,6 +254,18 @@ impl Config {
                 )));
             }
         }
+        if self.connection_lost_after_seconds == Some(0) {
+            return Err(ConfigError::Invalid(
+                "connection_lost_after_seconds must be at least 1".into(),
+            ));
+        }
+        if let Some(version) = &self.latest_agent_version {
+            if !version.split('.').all(|part| part.parse::<u64>().is_ok()) {
+                return Err(ConfigError::Invalid(format!(
+                    "latest_agent_version {version:?} is not a dotted version like 3.3.2000.0"
+                )));
+            }
+        }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url)
                 .map_err(|e| ConfigError::Invalid(format!("public_url {url:?}: {e}")))?;
@@ -292,6 +314,19 @@ impl Config {
                     .max(1),
             ),
         }
+    }
+
+    /// How long a node without a control channel stays Online after its last contact.
+    pub fn connection_lost_after(&self) -> Duration {
+        self.connection_lost_after_seconds
+            .map_or(DEFAULT_CONNECTION_LOST_AFTER, Duration::from_secs)
+    }
+
+    /// The version below which an agent is reported as not the latest.
+    pub fn latest_agent_version(&self) -> &str {
+        self.latest_agent_version
+            .as_deref()
+            .unwrap_or(ssmx_protocol::version::AGENT_VERSION)
     }
 
     /// How long a started session waits for its client.

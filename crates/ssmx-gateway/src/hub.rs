@@ -39,6 +39,10 @@ pub(crate) struct Settings {
     pub disconnect_timeout: Duration,
     /// How long a started session waits for its client's first connection.
     pub client_connect_timeout: Duration,
+    /// How long a node without a control channel stays Online after its last contact.
+    pub connection_lost_after: Duration,
+    /// Agents older than this are not the latest version.
+    pub latest_agent_version: String,
 }
 
 /// Who signed an SSM API request.
@@ -67,6 +71,27 @@ pub(crate) struct AgentLink {
     pub tx: mpsc::Sender<Bytes>,
     /// Cancelled to close this connection (replaced, or gateway stopping).
     pub close: CancellationToken,
+    /// When the agent was last heard on this connection (Unix milliseconds).
+    pub heard: Arc<AtomicU64>,
+}
+
+/// Whether a node is reachable, as DescribeInstanceInformation reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PingStatus {
+    /// The control channel is open, or the node was heard from recently.
+    Online,
+    /// Neither.
+    ConnectionLost,
+}
+
+impl PingStatus {
+    /// The API's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingStatus::Online => "Online",
+            PingStatus::ConnectionLost => "ConnectionLost",
+        }
+    }
 }
 
 /// Shared state.
@@ -79,6 +104,8 @@ pub(crate) struct Hub {
     pub kms: KeyService,
     api_keys: HashMap<String, ApiCredential>,
     agents: Mutex<HashMap<String, AgentLink>>,
+    /// Each agent's clock minus the gateway's, in seconds, from its latest signed request.
+    clock_skews: Mutex<HashMap<String, i64>>,
     /// Bumped whenever a control channel opens or closes.
     agents_generation: watch::Sender<u64>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -115,6 +142,7 @@ impl Hub {
                 .map(|c| (c.access_key_id.clone(), c.clone()))
                 .collect(),
             agents: Mutex::new(HashMap::new()),
+            clock_skews: Mutex::new(HashMap::new()),
             agents_generation: watch::channel(0).0,
             sessions: Mutex::new(HashMap::new()),
             tokens: Mutex::new(Tokens::default()),
@@ -184,6 +212,18 @@ impl Hub {
         if let Some(store_err) = &lookup_error {
             tracing::error!(error = %store_err, "credential lookup failed");
         }
+        // Expired is only returned for a valid signature, so both tell the signer's clock.
+        let skew = match &verified {
+            Ok(v) => Some(v.skew_seconds),
+            Err(SigV4Error::Expired { skew_seconds, .. }) => Some(*skew_seconds),
+            Err(_) => None,
+        };
+        if let (Some(skew), Some(Caller::Agent { instance_id })) = (skew, &caller) {
+            if verified.is_err() {
+                tracing::warn!(%instance_id, skew_seconds = skew, "agent clock is outside the signature window");
+            }
+            lock(&self.clock_skews).insert(instance_id.clone(), skew);
+        }
         verified?;
         Ok(caller.expect("the lookup ran and found the key"))
     }
@@ -221,6 +261,40 @@ impl Hub {
     /// True while the instance's control channel is open.
     pub fn agent_online(&self, instance_id: &str) -> bool {
         lock(&self.agents).contains_key(instance_id)
+    }
+
+    /// When the instance was last heard from: the later of `stored` (the database's last
+    /// contact) and traffic on its open control channel.
+    pub fn last_contact(
+        &self,
+        instance_id: &str,
+        stored: Option<SystemTime>,
+    ) -> Option<SystemTime> {
+        let live = lock(&self.agents).get(instance_id).map(|link| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(link.heard.load(Ordering::Relaxed))
+        });
+        stored.max(live)
+    }
+
+    /// Online while the control channel is open or the last contact is within
+    /// `connection_lost_after`; ConnectionLost otherwise.
+    pub fn ping_status(&self, instance_id: &str, last_contact: Option<SystemTime>) -> PingStatus {
+        let recent = last_contact.is_some_and(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .map_or(true, |age| age <= self.settings.connection_lost_after)
+        });
+        if recent || self.agent_online(instance_id) {
+            PingStatus::Online
+        } else {
+            PingStatus::ConnectionLost
+        }
+    }
+
+    /// The instance's clock skew (its clock minus the gateway's, in seconds) as its latest signed
+    /// request showed, if it made one since the gateway started.
+    pub fn clock_skew(&self, instance_id: &str) -> Option<i64> {
+        lock(&self.clock_skews).get(instance_id).copied()
     }
 
     /// Watches control channels opening and closing.

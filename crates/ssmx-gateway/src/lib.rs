@@ -240,6 +240,8 @@ impl GatewayBuilder {
                 .map(Duration::from_secs)
                 .unwrap_or(config::DEFAULT_DISCONNECT_TIMEOUT),
             client_connect_timeout: config.client_connect_timeout(),
+            connection_lost_after: config.connection_lost_after(),
+            latest_agent_version: config.latest_agent_version().to_owned(),
         };
         let kms = KeyService::new(store.key_store()?)
             .with_region(settings.region.clone())

@@ -2,8 +2,9 @@
 //! CreateDataChannel (SigV4, 201 + XML), the agent's control-channel WebSocket, and the
 //! data-channel WebSocket shared by agent and client (told apart by their token).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -39,6 +40,10 @@ const READ_BUFFER: usize = 16 * 1024;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for one control channel; control traffic is a few frames per session.
 const CONTROL_QUEUE: usize = 64;
+/// How often the gateway pings an agent's control channel.
+const CONTROL_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A control channel on which nothing (not even a pong) arrived this long is closed.
+const CONTROL_SILENCE_LIMIT: Duration = Duration::from_secs(90);
 /// The text `CreateDataChannel` fails with for an ended session; the official agent stops
 /// retrying when it sees it (§12.3).
 const SESSION_TERMINATED: &str = "Session is already terminated";
@@ -339,12 +344,16 @@ async fn run_control_channel(hub: Arc<Hub>, instance_id: String, mut socket: Web
     let conn_id = hub.next_conn_id();
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(CONTROL_QUEUE);
     let close = CancellationToken::new();
+    let heard = Arc::new(AtomicU64::new(
+        crate::store::millis(SystemTime::now()) as u64
+    ));
     hub.add_agent(
         &instance_id,
         AgentLink {
             conn_id,
             tx,
             close: close.clone(),
+            heard: heard.clone(),
         },
     );
     if let Err(e) = hub.store.touch_instance(&instance_id) {
@@ -361,9 +370,19 @@ async fn run_control_channel(hub: Arc<Hub>, instance_id: String, mut socket: Web
     let (mut sink, mut stream) = socket.split();
     let decode = DecodeOptions::default();
     let mut malformed = MalformedFrames::new("control");
+    // The gateway pings too, so that a peer that is gone without closing (frozen, or cut off
+    // by the network) is noticed: nothing heard for CONTROL_SILENCE_LIMIT closes the channel.
+    let mut ping = tokio::time::interval(CONTROL_PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
     let close_frame = loop {
         tokio::select! {
             incoming = stream.next() => {
+                if matches!(incoming, Some(Ok(_))) {
+                    last_heard = Instant::now();
+                    heard.store(crate::store::millis(SystemTime::now()) as u64, Ordering::Relaxed);
+                }
                 let data = match incoming {
                     Some(Ok(Message::Binary(b))) => b,
                     Some(Ok(Message::Text(t))) => bytes::Bytes::copy_from_slice(t.as_str().as_bytes()),
@@ -387,6 +406,16 @@ async fn run_control_channel(hub: Arc<Hub>, instance_id: String, mut socket: Web
             outgoing = rx.recv() => {
                 let Some(frame) = outgoing else { break None };
                 if !write_control(&mut sink, frame).await {
+                    break None;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= CONTROL_SILENCE_LIMIT {
+                    warn!(conn_id, "control channel silent too long; closing it");
+                    break None;
+                }
+                let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
                     break None;
                 }
             }

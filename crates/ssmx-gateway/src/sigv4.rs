@@ -46,6 +46,8 @@ pub struct Verified {
     pub access_key_id: String,
     /// The region in the credential scope.
     pub region: String,
+    /// The signer's clock minus the verifier's, in whole seconds (from `X-Amz-Date`).
+    pub skew_seconds: i64,
 }
 
 /// Why a signature was refused. Each maps to the AWS error code a real endpoint returns.
@@ -85,6 +87,8 @@ pub enum SigV4Error {
         now: String,
         /// Window in minutes.
         minutes: u64,
+        /// The signer's clock minus the verifier's, in seconds.
+        skew_seconds: i64,
     },
     /// The signature does not match the request.
     #[error("the request signature we calculated does not match the signature you provided; check your secret access key and signing method")]
@@ -270,9 +274,17 @@ impl Verifier {
             ));
         }
         let signed_at: SystemTime = signed_at.into();
-        let skew = match now.duration_since(signed_at) {
-            Ok(d) => d,
-            Err(e) => e.duration(),
+        // The signature is checked before the time, so that a refusal for a skewed clock is
+        // known to come from the key's owner and can tell it how far off it is.
+        let secret = secret_for(auth.access_key_id)
+            .ok_or_else(|| SigV4Error::UnknownKey(auth.access_key_id.to_owned()))?;
+        let expected = expected_signature(&request, &auth, &secret, signed_at)?;
+        if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+            return Err(SigV4Error::Mismatch);
+        }
+        let (skew, skew_seconds) = match signed_at.duration_since(now) {
+            Ok(ahead) => (ahead, ahead.as_secs() as i64),
+            Err(behind) => (behind.duration(), -(behind.duration().as_secs() as i64)),
         };
         if skew > SIGNATURE_WINDOW {
             return Err(SigV4Error::Expired {
@@ -281,13 +293,8 @@ impl Verifier {
                     .format(DATE_FORMAT)
                     .to_string(),
                 minutes: SIGNATURE_WINDOW.as_secs() / 60,
+                skew_seconds,
             });
-        }
-        let secret = secret_for(auth.access_key_id)
-            .ok_or_else(|| SigV4Error::UnknownKey(auth.access_key_id.to_owned()))?;
-        let expected = expected_signature(&request, &auth, &secret, signed_at)?;
-        if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
-            return Err(SigV4Error::Mismatch);
         }
         if single_use {
             self.remember(auth.signature, signed_at + SIGNATURE_WINDOW, now)?;
@@ -295,6 +302,7 @@ impl Verifier {
         Ok(Verified {
             access_key_id: auth.access_key_id.to_owned(),
             region: auth.region.to_owned(),
+            skew_seconds,
         })
     }
 
@@ -506,8 +514,15 @@ mod tests {
         let (h, u) = signed(b"{}", old, SECRET);
         assert!(matches!(
             check(&v, &h, &u, b"{}", now),
-            Err(SigV4Error::Expired { .. })
+            Err(SigV4Error::Expired {
+                skew_seconds: -961..=-960,
+                ..
+            })
         ));
+        let (ahead_h, ahead_u) = signed(b"{}", now + Duration::from_secs(120), SECRET);
+        // X-Amz-Date has whole seconds, so the skew is known to a second.
+        let ahead = check(&v, &ahead_h, &ahead_u, b"{}", now).map(|ok| ok.skew_seconds);
+        assert!(matches!(ahead, Ok(119..=120)), "{ahead:?}");
         let mut h = h;
         h.remove(http::header::AUTHORIZATION);
         assert_eq!(check(&v, &h, &u, b"{}", now), Err(SigV4Error::Missing));

@@ -430,19 +430,8 @@ async fn agent_credentials_update_their_instance_only() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(offline);
-    let lost = ssm
-        .describe_instance_information()
-        .filters(
-            InstanceInformationStringFilter::builder()
-                .key("PingStatus")
-                .values("ConnectionLost")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(lost.instance_information_list().len(), 1);
+    // A node whose control channel just closed stays Online for the connection-lost period (ten
+    // minutes by default; the flip to ConnectionLost is tested with a short one end to end).
     let online = ssm
         .describe_instance_information()
         .filters(
@@ -455,7 +444,9 @@ async fn agent_credentials_update_their_instance_only() {
         .send()
         .await
         .unwrap();
-    assert!(online.instance_information_list().is_empty());
+    let info = &online.instance_information_list()[0];
+    assert_eq!(info.instance_id(), Some(agent.instance_id.as_str()));
+    assert!(info.last_ping_date_time().is_some());
     gateway.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! The fleet's life cycle through aws-sdk-ssm against a real gateway: connection status,
 //! activations listed and deleted (they register nothing more), and a deregistered instance cut
-//! off at once (its control channel closed, its credential refused).
+//! off at once (its control channel closed, its credential refused); agents too old or with a
+//! clock far off shown as such.
 
 mod common;
 
@@ -9,7 +10,9 @@ use aws_sdk_ssm::types::{
     ConnectionStatus, DescribeActivationsFilter, DescribeActivationsFilterKeys,
 };
 use common::*;
+use ssmx_gateway::config::ApiCredential;
 use ssmx_gateway::store::NewActivation;
+use std::time::{Duration, SystemTime};
 
 async fn connection_status(ssm: &aws_sdk_ssm::Client, target: &str) -> ConnectionStatus {
     ssm.get_connection_status()
@@ -129,5 +132,123 @@ async fn activations_are_listed_and_a_deleted_one_registers_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("InvalidActivationId"));
+    gateway.shutdown().await;
+}
+
+/// The agent's UpdateInstanceInformation, signed as if its clock read `at`.
+async fn report(
+    gateway: &ssmx_gateway::Gateway,
+    agent: &AgentCredential,
+    version: &str,
+    at: SystemTime,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "AgentName": "amazon-ssm-agent", "AgentStatus": "Active", "AgentVersion": version,
+        "ComputerName": "web-1", "IPAddress": "10.0.0.7", "InstanceId": agent.instance_id,
+        "PlatformName": "Debian GNU/Linux", "PlatformType": "Linux", "PlatformVersion": "12",
+    });
+    signed_api_call(
+        gateway.url(),
+        "UpdateInstanceInformation",
+        &body.to_string(),
+        &agent.access_key_id,
+        &agent.secret_access_key,
+        at,
+    )
+    .await
+}
+
+/// DescribeInstanceInformation's item for `instance_id`, as raw JSON (with the ssmx additions).
+async fn raw_instance(
+    gateway: &ssmx_gateway::Gateway,
+    cred: &ApiCredential,
+    instance_id: &str,
+) -> serde_json::Value {
+    let (status, body) = signed_api_call(
+        gateway.url(),
+        "DescribeInstanceInformation",
+        "{}",
+        &cred.access_key_id,
+        &cred.secret_access_key,
+        SystemTime::now(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["InstanceInformationList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["InstanceId"] == instance_id)
+        .cloned()
+        .expect("the instance is listed")
+}
+
+#[tokio::test]
+async fn old_agents_and_skewed_clocks_are_visible() {
+    let (gateway, cred) = start_gateway("ops", None).await;
+    let agent = register_agent(&gateway).await;
+    let id = agent.instance_id.as_str();
+
+    let (status, body) = report(
+        &gateway,
+        &agent,
+        "3.1.1000.0",
+        SystemTime::now() + Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let item = raw_instance(&gateway, &cred, id).await;
+    assert_eq!(item["IsLatestVersion"], false, "{item}");
+    let skew = item["ClockSkewSeconds"].as_i64().unwrap();
+    assert!((119..=120).contains(&skew), "{item}");
+
+    // A clock outside the signature window is refused, and the node shows by how much.
+    let (status, body) = report(
+        &gateway,
+        &agent,
+        "3.3.2000.0",
+        SystemTime::now() - Duration::from_secs(20 * 60),
+    )
+    .await;
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("InvalidSignatureException")),
+        "{body}"
+    );
+    let item = raw_instance(&gateway, &cred, id).await;
+    let skew = item["ClockSkewSeconds"].as_i64().unwrap();
+    assert!((-1201..=-1199).contains(&skew), "{item}");
+    assert_eq!(
+        item["AgentVersion"], "3.1.1000.0",
+        "the refused report changed nothing"
+    );
+
+    // A forged request with the node's key id but a wrong secret says nothing about its clock.
+    let forged = AgentCredential {
+        instance_id: agent.instance_id.clone(),
+        access_key_id: agent.access_key_id.clone(),
+        secret_access_key: "not-the-secret".into(),
+    };
+    let (status, _) = report(
+        &gateway,
+        &forged,
+        "3.3.2000.0",
+        SystemTime::now() + Duration::from_secs(3600),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        raw_instance(&gateway, &cred, id).await["ClockSkewSeconds"],
+        item["ClockSkewSeconds"]
+    );
+
+    let (status, body) = report(&gateway, &agent, "3.3.2000.0", SystemTime::now()).await;
+    assert_eq!(status, 200, "{body}");
+    let item = raw_instance(&gateway, &cred, id).await;
+    assert_eq!(item["IsLatestVersion"], true, "{item}");
+    assert!(
+        item["ClockSkewSeconds"].as_i64().unwrap().abs() <= 1,
+        "{item}"
+    );
     gateway.shutdown().await;
 }

@@ -225,11 +225,24 @@ impl Api {
         Ok(())
     }
 
-    /// The ping status and agent version DescribeInstanceInformation reports for `instance_id`.
-    async fn instance_status(
-        &self,
-        instance_id: &str,
-    ) -> anyhow::Result<Option<(String, Option<String>)>> {
+    /// Whether `instance_id`'s control channel is open (GetConnectionStatus), and then the agent
+    /// version DescribeInstanceInformation reports for it.
+    async fn connected_agent(&self, instance_id: &str) -> anyhow::Result<Option<Option<String>>> {
+        let status = self
+            .ssm
+            .get_connection_status()
+            .target(instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "GetConnectionStatus failed: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(e)
+                )
+            })?;
+        if status.status() != Some(&aws_sdk_ssm::types::ConnectionStatus::Connected) {
+            return Ok(None);
+        }
         let out = self
             .ssm
             .describe_instance_information()
@@ -241,18 +254,12 @@ impl Api {
                     aws_sdk_ssm::error::DisplayErrorContext(e)
                 )
             })?;
-        Ok(out
-            .instance_information_list()
-            .iter()
-            .find(|i| i.instance_id() == Some(instance_id))
-            .map(|i| {
-                (
-                    i.ping_status()
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                    i.agent_version().map(str::to_owned),
-                )
-            }))
+        Ok(Some(
+            out.instance_information_list()
+                .iter()
+                .find(|i| i.instance_id() == Some(instance_id))
+                .and_then(|i| i.agent_version().map(str::to_owned)),
+        ))
     }
 }
 
@@ -368,10 +375,8 @@ impl Stack {
             gateway
                 .ensure_running()
                 .map_err(|e| with_log(e, dir, "gateway.log"))?;
-            if let Some((status, version)) = api.instance_status(&instance_id).await? {
-                if status == "Online" {
-                    break version;
-                }
+            if let Some(version) = api.connected_agent(&instance_id).await? {
+                break version;
             }
             if Instant::now() >= deadline {
                 let e = anyhow::anyhow!(

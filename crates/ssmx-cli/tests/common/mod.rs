@@ -118,8 +118,8 @@ impl Stack {
     }
 
     /// [`Stack::start`] with custom session documents (`(name, JSON)`, e.g. session
-    /// preferences as `SSM-SessionManagerRunShell`) and extra gateway configuration (TOML
-    /// appended to the file).
+    /// preferences as `SSM-SessionManagerRunShell`) and extra gateway configuration (TOML, top-level
+    /// keys and then tables, inserted before the `[[credentials]]` table).
     pub fn start_with(documents: &[(&str, serde_json::Value)], extra_config: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gateway.toml");
@@ -136,7 +136,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\nregion = \"{REGION}\"\nrecordings_dir = \"{}\"\ndocuments_dir = \"{}\"\n\n[[credentials]]\naccess_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key = \"{SECRET_ACCESS_KEY}\"\nuser = \"tester\"\n\n{extra_config}\n",
+                "listen = \"127.0.0.1:0\"\ndb = \"{}\"\nregion = \"{REGION}\"\nrecordings_dir = \"{}\"\ndocuments_dir = \"{}\"\n{extra_config}\n\n[[credentials]]\naccess_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key = \"{SECRET_ACCESS_KEY}\"\nuser = \"tester\"\n",
                 db.display(),
                 dir.path().join("recordings").display(),
                 documents_dir.display(),
@@ -181,8 +181,9 @@ impl Stack {
     }
 
     /// Registers an agent identity with a fresh activation, its state in the scratch
-    /// directory's `state_dir`; its managed-instance id.
-    fn register_agent(&self, state_dir: &str) -> String {
+    /// directory's `state_dir`; its managed-instance id. No agent runs for it until one is
+    /// started there.
+    pub fn register_agent(&self, state_dir: &str) -> String {
         let config = self.path("gateway.toml");
         let activation = run_ok(
             Command::new(bin("ssmx"))
@@ -212,7 +213,7 @@ impl Stack {
     }
 
     /// Starts `ssmx agent run` with its state in `state_dir` (logging to `state_dir.log`) and
-    /// waits until the gateway reports `instance_id` online.
+    /// waits until its control channel is open at the gateway.
     fn spawn_agent(&self, state_dir: &str, instance_id: &str) -> ChildGuard {
         let agent = Command::new(bin("ssmx"))
             .args(["agent", "run", "--state-dir"])
@@ -226,8 +227,8 @@ impl Stack {
             .expect("start ssmx agent");
         let agent = ChildGuard(agent, "agent");
         wait_for(
-            || (self.ping_status_of(instance_id).as_deref() == Some("Online")).then_some(()),
-            "agent online",
+            || self.connected(instance_id).then_some(()),
+            "agent connected",
         );
         agent
     }
@@ -248,11 +249,6 @@ impl Stack {
         instance_id
     }
 
-    /// The agent's ping status as DescribeInstanceInformation reports it.
-    pub fn ping_status(&self) -> Option<String> {
-        self.ping_status_of(&self.instance_id)
-    }
-
     /// An instance's ping status as DescribeInstanceInformation reports it.
     pub fn ping_status_of(&self, instance_id: &str) -> Option<String> {
         let ssm = self.sdk();
@@ -264,6 +260,23 @@ impl Stack {
                 .find(|i| i.instance_id() == Some(target.as_str()))
                 .and_then(|i| i.ping_status())
                 .map(|s| s.as_str().to_owned())
+        })
+    }
+
+    /// True while the instance's control channel is open (GetConnectionStatus `connected`): it
+    /// can take sessions and commands now. PingStatus may say Online for a while after an agent
+    /// is gone.
+    pub fn connected(&self, instance_id: &str) -> bool {
+        let ssm = self.sdk();
+        let target = instance_id.to_owned();
+        runtime().block_on(async move {
+            ssm.get_connection_status()
+                .target(target)
+                .send()
+                .await
+                .is_ok_and(|out| {
+                    out.status() == Some(&aws_sdk_ssm::types::ConnectionStatus::Connected)
+                })
         })
     }
 
@@ -321,6 +334,27 @@ impl Stack {
         cmd
     }
 
+    /// Runs aws-cli with `args` (JSON output), fails unless it succeeds, and parses what it
+    /// prints (null when it prints nothing, as for operations without output).
+    pub fn aws_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .aws()
+            .args(args)
+            .args(["--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aws {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("aws-cli JSON")
+    }
+
     /// A shell command line running `ssmx ARGS…` against the stack (for a terminal in tmux).
     pub fn command_line(&self, args: &[&str]) -> String {
         let mut parts = vec![
@@ -345,12 +379,18 @@ impl Stack {
     /// Runs a boto3 `script` with the venv's Python and the stack's AWS environment; its
     /// arguments are the gateway URL, the region and the instance id. It must print `boto3-ok`.
     pub fn run_boto3(&self, script: &str) {
+        self.run_boto3_with(script, &[]);
+    }
+
+    /// [`Stack::run_boto3`] with more arguments after the instance id.
+    pub fn run_boto3_with(&self, script: &str, extra_args: &[&str]) {
         let mut py = Command::new(venv_bin("python"));
         self.aws_env(&mut py);
         let out = py
             .arg("-c")
             .arg(script)
             .args([&self.url, REGION, &self.instance_id])
+            .args(extra_args)
             .output()
             .unwrap();
         assert!(

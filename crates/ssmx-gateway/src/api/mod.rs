@@ -661,8 +661,7 @@ fn describe_instance_information(hub: &Hub, input: DescribeInstanceInformationIn
     }
     let mut listed = Vec::new();
     for record in hub.store.instances()? {
-        let online = hub.agent_online(&record.instance_id);
-        let item = instance_json(&record, online);
+        let item = instance_json(hub, &record);
         let mut keep = tagged.iter().all(|ids| ids.contains(&record.instance_id));
         for (key, values) in &filters {
             if crate::tags::TagSelector::from_key(key, values).is_some() {
@@ -703,13 +702,20 @@ fn describe_instance_information(hub: &Hub, input: DescribeInstanceInformationIn
     Ok(out)
 }
 
-fn instance_json(r: &store::InstanceRecord, online: bool) -> Value {
-    let ping = if online { "Online" } else { "ConnectionLost" };
+/// One InstanceInformation item. `ClockSkewSeconds` (the node's clock minus the gateway's, from
+/// its latest signed request) is an ssmx addition; SDKs ignore members they do not model.
+fn instance_json(hub: &Hub, r: &store::InstanceRecord) -> Value {
+    let last_contact = hub.last_contact(&r.instance_id, r.last_seen_at);
+    let is_latest = !r.info.agent_version.is_empty()
+        && ssmx_protocol::version::agent_compare(
+            &r.info.agent_version,
+            &hub.settings.latest_agent_version,
+        ) != std::cmp::Ordering::Less;
     let mut v = json!({
         "InstanceId": r.instance_id,
-        "PingStatus": ping,
+        "PingStatus": hub.ping_status(&r.instance_id, last_contact).as_str(),
         "AgentVersion": r.info.agent_version,
-        "IsLatestVersion": false,
+        "IsLatestVersion": is_latest,
         "PlatformType": r.info.platform_type,
         "PlatformName": r.info.platform_name,
         "PlatformVersion": r.info.platform_version,
@@ -723,8 +729,11 @@ fn instance_json(r: &store::InstanceRecord, online: bool) -> Value {
         "SourceId": r.instance_id,
         "SourceType": "AWS::SSM::ManagedInstance",
     });
-    if let Some(seen) = r.last_seen_at {
+    if let Some(seen) = last_contact {
         v["LastPingDateTime"] = json!(epoch_seconds(seen));
+    }
+    if let Some(skew) = hub.clock_skew(&r.instance_id) {
+        v["ClockSkewSeconds"] = json!(skew);
     }
     v
 }

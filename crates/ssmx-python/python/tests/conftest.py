@@ -149,8 +149,8 @@ class Stack:
             "--shell", "/bin/sh",
         )
         wait_for(
-            "agent online",
-            lambda: self.ping_status() == "Online",
+            "agent connected",
+            lambda: self.connected(),
             agent,
             interval=SERVICE_POLL_INTERVAL,
         )
@@ -168,11 +168,10 @@ class Stack:
             )
         return self._ssm
 
-    def ping_status(self):
-        found = self.ssm().describe_instance_information()["InstanceInformationList"]
-        return next(
-            (i.get("PingStatus") for i in found if i["InstanceId"] == self.instance_id), None
-        )
+    def connected(self):
+        """True while the agent's control channel is open: it can take sessions now."""
+        status = self.ssm().get_connection_status(Target=self.instance_id)
+        return status["Status"] == "connected"
 
     def active_sessions(self):
         """Ids of the sessions the service reports Active."""
