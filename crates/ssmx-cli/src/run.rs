@@ -4,7 +4,12 @@
 //!
 //! Progress and status lines go to stderr; the nodes' output goes to stdout (their stderr to
 //! stderr), or with `--json` one JSON document to stdout. Exit status: 0 when every node
-//! succeeded, 1 when any did not, 2 when the command could not be sent or followed.
+//! succeeded, 1 when any did not, 2 when the command could not be sent or followed, 130 when
+//! `run` was interrupted.
+//!
+//! Ctrl-C (SIGINT) during `run` cancels the command on the nodes that have not finished and
+//! keeps following them until they have (Cancelled, or finished meanwhile); a second Ctrl-C
+//! stops waiting at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -34,6 +39,8 @@ const API_FAILURE: u8 = 2;
 /// Characters of stdout and stderr GetCommandInvocation returns at most.
 const STDOUT_CONTENT_LIMIT: usize = 24_000;
 const STDERR_CONTENT_LIMIT: usize = 8_000;
+/// Exit status after Ctrl-C: the shell's convention for a process ended by SIGINT (128 + 2).
+const INTERRUPTED: u8 = 130;
 /// Characters of the progress bar.
 const BAR_WIDTH: usize = 24;
 
@@ -149,8 +156,55 @@ async fn ssm(global: &GlobalArgs) -> anyhow::Result<aws_sdk_ssm::Client> {
     Ok(manager(global).await?.ssm().clone())
 }
 
+/// Sends the command and follows it; on Ctrl-C cancels it where it has not finished and follows
+/// that, exiting [`INTERRUPTED`]; a second Ctrl-C stops at once.
 async fn send_and_follow(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch SIGINT")?;
     let ssm = ssm(global).await?;
+    let json = args.json;
+    let command_id = send(&ssm, args).await?;
+    let following = follow(&ssm, &command_id, json);
+    tokio::pin!(following);
+    tokio::select! {
+        done = &mut following => return done,
+        _ = interrupts.recv() => {}
+    }
+    eprintln!(
+        "Interrupted: cancelling command {command_id} on the nodes not finished yet (Ctrl-C again to stop waiting)."
+    );
+    cancel_unfinished(&ssm, &command_id).await?;
+    tokio::select! {
+        done = &mut following => done.map(|_| ExitCode::from(INTERRUPTED)),
+        _ = interrupts.recv() => {
+            eprintln!("ssmx: stopped waiting; command {command_id} may still be cancelling");
+            Ok(ExitCode::from(INTERRUPTED))
+        }
+    }
+}
+
+/// CancelCommand for the nodes of `command_id` that have not reached a final status.
+async fn cancel_unfinished(ssm: &aws_sdk_ssm::Client, command_id: &str) -> anyhow::Result<()> {
+    let unfinished: Vec<String> = invocations(ssm, command_id)
+        .await?
+        .iter()
+        .filter(|inv| !invocation_is_final(inv.status()))
+        .filter_map(|inv| inv.instance_id().map(str::to_owned))
+        .collect();
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    ssm.cancel_command()
+        .command_id(command_id)
+        .set_instance_ids(Some(unfinished))
+        .send()
+        .await
+        .map_err(|e| Error::from_api("CancelCommand", command_id, e))?;
+    Ok(())
+}
+
+/// SendCommand as `args` say; the command's id.
+async fn send(ssm: &aws_sdk_ssm::Client, args: RunArgs) -> anyhow::Result<String> {
     let mut parameters = parse_parameters(&args.parameters)?;
     if !args.command.is_empty() {
         parameters.insert(COMMANDS_PARAMETER.into(), vec![shell_join(&args.command)]);
@@ -170,19 +224,27 @@ async fn send_and_follow(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<E
         .send()
         .await
         .map_err(|e| Error::from_api("SendCommand", &args.document, e))?;
-    let command_id = sent
+    Ok(sent
         .command()
         .and_then(|c| c.command_id())
         .context("SendCommand answered without a CommandId")?
-        .to_owned();
+        .to_owned())
+}
+
+/// Follows `command_id` to its end with the progress display; the exit status of its result.
+async fn follow(
+    ssm: &aws_sdk_ssm::Client,
+    command_id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     progress.line(&format!("Command {command_id} sent."));
-    let mut follower = Follower::new(&ssm, &command_id, args.json);
+    let mut follower = Follower::new(ssm, command_id, json);
     loop {
         // The command first: once it is final, so are the invocations listed after it.
-        let command = command(&ssm, &command_id).await?;
+        let command = command(ssm, command_id).await?;
         let finished = command.status().is_some_and(command_is_final);
-        let invocations = invocations(&ssm, &command_id).await?;
+        let invocations = invocations(ssm, command_id).await?;
         let total = invocations.len().max(count(command.target_count()));
         follower.several = total > 1;
         for inv in &invocations {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::process::Output;
 
 use common::Stack;
@@ -27,19 +28,22 @@ fn aws_json(stack: &Stack, args: &[&str]) -> Value {
 
 /// `aws ssm send-command` of AWS-RunShellScript with `commands`; the command id.
 fn aws_send(stack: &Stack, commands: &str) -> String {
-    let sent = aws_json(
-        stack,
-        &[
-            "ssm",
-            "send-command",
-            "--document-name",
-            "AWS-RunShellScript",
-            "--instance-ids",
-            &stack.instance_id,
-            "--parameters",
-            &format!("commands={commands}"),
-        ],
-    );
+    aws_send_with(stack, &["--parameters", &format!("commands={commands}")])
+}
+
+/// `aws ssm send-command` of AWS-RunShellScript to the stack's instance with `args`; the
+/// command id.
+fn aws_send_with(stack: &Stack, args: &[&str]) -> String {
+    let mut all = vec![
+        "ssm",
+        "send-command",
+        "--document-name",
+        "AWS-RunShellScript",
+        "--instance-ids",
+        &stack.instance_id,
+    ];
+    all.extend_from_slice(args);
+    let sent = aws_json(stack, &all);
     let id = sent["Command"]["CommandId"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 36, "{sent}");
     id
@@ -553,4 +557,221 @@ fn ssmx_run_draws_a_progress_bar_on_a_terminal() {
         "{screen}"
     );
     assert!(screen.lines().any(|l| l == "in-a-terminal"), "{screen}");
+}
+
+/// Polls GetCommandInvocation (aws-cli) until the invocation's Status is `want`; the invocation.
+fn wait_for_invocation(stack: &Stack, command_id: &str, want: &str) -> Value {
+    common::wait_for(
+        || Some(get_invocation(stack, command_id)).filter(|i| i["Status"] == want),
+        &format!("the invocation to be {want}"),
+    )
+}
+
+#[test]
+fn a_command_survives_the_gateway_killed_and_restarted() {
+    let mut stack = Stack::start();
+    let command_id = aws_send(&stack, "sleep 3; echo after-restart");
+    wait_for_invocation(&stack, &command_id, "InProgress");
+    stack.restart_gateway();
+    let waited = aws_wait(&stack, &command_id);
+    stack.assert_exit(&waited, 0);
+    let invocation = get_invocation(&stack, &command_id);
+    assert_eq!(invocation["Status"], "Success", "{invocation}");
+    assert_eq!(invocation["ResponseCode"], 0, "{invocation}");
+    assert_eq!(
+        invocation["StandardOutputContent"], "after-restart\n",
+        "{invocation}"
+    );
+}
+
+#[test]
+fn a_command_for_a_stopped_agent_times_out_undelivered_and_never_runs() {
+    let mut stack = Stack::start();
+    stack.kill_agent();
+    common::wait_for(
+        || {
+            let status = aws_json(
+                &stack,
+                &[
+                    "ssm",
+                    "get-connection-status",
+                    "--target",
+                    &stack.instance_id,
+                ],
+            );
+            (status["Status"] == "notconnected").then_some(())
+        },
+        "the gateway to see the agent gone",
+    );
+    let marker = stack.path("ran");
+    let parameters = serde_json::json!({
+        "commands": [format!("touch {}", marker.display())],
+        "executionTimeout": ["1"],
+    });
+    // The delivery deadline is TimeoutSeconds (30, the least the API takes) plus the
+    // document's executionTimeout.
+    let command_id = aws_send_with(
+        &stack,
+        &[
+            "--timeout-seconds",
+            "30",
+            "--parameters",
+            &parameters.to_string(),
+        ],
+    );
+    let invocation = wait_for_invocation(&stack, &command_id, "TimedOut");
+    assert_eq!(
+        invocation["StatusDetails"], "DeliveryTimedOut",
+        "{invocation}"
+    );
+    assert_eq!(invocation["ResponseCode"], -1, "{invocation}");
+    let commands = aws_json(
+        &stack,
+        &["ssm", "list-commands", "--command-id", &command_id],
+    );
+    let command = &commands["Commands"][0];
+    assert_eq!(
+        (&command["Status"], &command["StatusDetails"]),
+        (&Value::from("TimedOut"), &Value::from("DeliveryTimedOut")),
+        "{command}"
+    );
+    assert_eq!(
+        (
+            &command["TargetCount"],
+            &command["CompletedCount"],
+            &command["ErrorCount"],
+            &command["DeliveryTimedOutCount"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(1),
+            &Value::from(0),
+            &Value::from(1)
+        ),
+        "{command}"
+    );
+
+    // The agent back: a later command runs, the timed-out one never does.
+    stack.start_agent();
+    let later = aws_send(&stack, "echo back");
+    let waited = aws_wait(&stack, &later);
+    stack.assert_exit(&waited, 0);
+    assert!(!marker.exists(), "the timed-out command ran");
+    let invocation = get_invocation(&stack, &command_id);
+    assert_eq!(
+        invocation["StatusDetails"], "DeliveryTimedOut",
+        "{invocation}"
+    );
+}
+
+/// Process ids of the processes whose environment carries `SSM_COMMAND_ID=command_id` (those
+/// the agent runs for that command).
+fn processes_of_command(command_id: &str) -> Vec<u32> {
+    let needle = format!("SSM_COMMAND_ID={command_id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Sends `signal` (a `kill` name: INT, STOP, CONT) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// `ssmx run` of `sleep 600` on the stack's node, its stderr, and the command's id once the
+/// node runs it.
+fn ssmx_run_sleeping(
+    stack: &Stack,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
+    let mut run = stack
+        .ssmx()
+        .args(["run", "--instance-ids", &stack.instance_id, "--"])
+        .args(["sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let sent = common::read_until(&mut stderr, " sent.");
+    let command_id = sent
+        .split("Command ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    common::wait_for(
+        || (!processes_of_command(&command_id).is_empty()).then_some(()),
+        "the command's process on the node",
+    );
+    (run, stderr, command_id)
+}
+
+/// The rest of a child's stderr, to its end.
+fn rest_of(stderr: impl std::io::Read) -> String {
+    let mut rest = String::new();
+    std::io::BufReader::new(stderr)
+        .read_to_string(&mut rest)
+        .unwrap();
+    rest
+}
+
+/// Waits until the command's invocation is Cancelled and the processes it ran are gone.
+fn assert_cancelled_on_the_node(stack: &Stack, command_id: &str) {
+    let invocation = wait_for_invocation(stack, command_id, "Cancelled");
+    assert_eq!(invocation["StatusDetails"], "Cancelled", "{invocation}");
+    common::wait_for(
+        || processes_of_command(command_id).is_empty().then_some(()),
+        "the command's processes to end",
+    );
+}
+
+#[test]
+fn ctrl_c_in_ssmx_run_cancels_the_command_and_waits_for_it() {
+    let stack = Stack::start();
+    let (mut run, stderr, command_id) = ssmx_run_sleeping(&stack);
+    signal(run.id(), "INT");
+    let status = common::wait_for(|| run.try_wait().unwrap(), "ssmx run to exit");
+    let rest = rest_of(stderr);
+    assert_eq!(status.code(), Some(130), "{rest}\n{}", stack.logs());
+    assert!(rest.contains("Interrupted: cancelling command"), "{rest}");
+    assert!(
+        rest.contains(&format!("{}: Cancelled", stack.instance_id)),
+        "{rest}"
+    );
+    assert_cancelled_on_the_node(&stack, &command_id);
+}
+
+#[test]
+fn a_second_ctrl_c_stops_ssmx_run_waiting_for_the_cancel() {
+    let stack = Stack::start();
+    let (mut run, mut stderr, command_id) = ssmx_run_sleeping(&stack);
+    // The agent stopped: the cancel cannot finish while it is.
+    let agent = stack.agent_pid().unwrap();
+    signal(agent, "STOP");
+    signal(run.id(), "INT");
+    common::read_until(&mut stderr, "Interrupted: cancelling command");
+    signal(run.id(), "INT");
+    let status = common::wait_for(|| run.try_wait().unwrap(), "ssmx run to exit");
+    let rest = rest_of(stderr);
+    signal(agent, "CONT");
+    assert_eq!(status.code(), Some(130), "{rest}\n{}", stack.logs());
+    assert!(rest.contains("stopped waiting"), "{rest}");
+    assert!(!rest.contains("Cancelled"), "{rest}");
+    // The cancel goes on without `ssmx run`.
+    assert_cancelled_on_the_node(&stack, &command_id);
 }

@@ -68,3 +68,80 @@ fn shell_escape_sequence_ends_a_session() {
         "escape sequence was sent to the remote shell:\n{screen}"
     );
 }
+
+/// Runs aws-cli with `args` against the stack, insisting on success; its JSON output.
+fn aws_json(stack: &Stack, args: &[&str]) -> serde_json::Value {
+    let out = common::run_ok(stack.aws().args(args).args(["--output", "json"]));
+    serde_json::from_slice(&out.stdout).expect("aws-cli JSON")
+}
+
+#[test]
+fn updated_session_preferences_apply_to_the_next_shell() {
+    let stack = Stack::start();
+    // As the AWS guide does it: the preferences document, updated at $LATEST.
+    let preferences = serde_json::json!({
+        "schemaVersion": "1.0",
+        "description": "Document to hold regional settings for Session Manager",
+        "sessionType": "Standard_Stream",
+        "inputs": {
+            "idleSessionTimeout": "15",
+            "runAsEnabled": false,
+            "runAsDefaultUser": "",
+            "shellProfile": {"linux": "echo profile-ran-$((40+2))", "windows": ""}
+        }
+    });
+    let file = stack.path("SessionManagerRunShell.json");
+    std::fs::write(&file, preferences.to_string()).unwrap();
+    let updated = aws_json(
+        &stack,
+        &[
+            "ssm",
+            "update-document",
+            "--name",
+            "SSM-SessionManagerRunShell",
+            "--document-version",
+            "$LATEST",
+            "--content",
+            &format!("file://{}", file.display()),
+        ],
+    );
+    let description = &updated["DocumentDescription"];
+    assert_eq!(description["DocumentVersion"], "2", "{updated}");
+    assert_eq!(description["DefaultVersion"], "2", "{updated}");
+    let builtin = aws_json(
+        &stack,
+        &[
+            "ssm",
+            "get-document",
+            "--name",
+            "SSM-SessionManagerRunShell",
+            "--document-version",
+            "1",
+        ],
+    );
+    let content: serde_json::Value =
+        serde_json::from_str(builtin["Content"].as_str().unwrap()).unwrap();
+    assert_eq!(content["inputs"]["shellProfile"]["linux"], "", "{builtin}");
+
+    let tmux = Tmux::start(stack.dir.path(), &shell_command(&stack), 100, 30);
+    tmux.wait_for_text("profile-ran-42");
+    tmux.type_text("exit");
+    tmux.send_keys(&["Enter"]);
+    tmux.wait_for_text("[exit ");
+    drop(tmux);
+
+    // Version 1 the default again: the built-in preferences, no profile.
+    common::run_ok(stack.aws().args([
+        "ssm",
+        "update-document-default-version",
+        "--name",
+        "SSM-SessionManagerRunShell",
+        "--document-version",
+        "1",
+    ]));
+    let tmux = Tmux::start(stack.dir.path(), &shell_command(&stack), 100, 30);
+    tmux.type_text("echo plain-$((1+2))");
+    tmux.send_keys(&["Enter"]);
+    let screen = tmux.wait_for_text("plain-3");
+    assert!(!screen.contains("profile-ran"), "{screen}");
+}

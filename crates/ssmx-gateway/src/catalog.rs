@@ -1,6 +1,8 @@
 //! Every document the gateway knows, behind one lookup: the AWS-owned ones (read-only), the
 //! session documents of the documents directory, and the documents users create through the SSM
-//! API, kept in SQLite with all their versions and a default version (RUNCOMMAND.md §2).
+//! API, kept in SQLite with all their versions and a default version (RUNCOMMAND.md §2). The
+//! preferences document is both: its version 1 is built in (or from the directory), the versions
+//! UpdateDocument adds are stored, and its default version's inputs are what sessions start with.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,7 +11,7 @@ use serde_json::Value;
 use ssmx_protocol::document::SessionDocument;
 
 use crate::commands::documents::{self as command_documents, CommandDocument};
-use crate::documents::{strip_arn, Documents, PreparedDocument};
+use crate::documents::{strip_arn, Documents, PreparedDocument, DEFAULT_DOCUMENT};
 use crate::error::{ApiError, ErrorCode};
 use crate::store::{from_millis, millis, Store, StoreError};
 
@@ -268,13 +270,26 @@ pub fn find(
             format!("document {name} does not exist"),
         )
     };
-    if let Some(document) = read_only(session_documents, name) {
+    if let Some(mut document) = read_only(session_documents, name) {
+        if let Some((latest, default)) = updated_preferences(store, name)? {
+            // Version 1 is the built-in (or directory) content, later ones are stored.
+            document.latest_version = latest;
+            document.default_version = default;
+            let number = match version {
+                Version::Default => default,
+                Version::Latest => latest,
+                Version::Number(n) => n,
+            };
+            if number == 1 {
+                return Ok(document);
+            }
+            return store
+                .document_version(name, number, latest, default)?
+                .ok_or_else(|| no_version(name, number));
+        }
         return match version {
             Version::Default | Version::Latest | Version::Number(1) => Ok(document),
-            Version::Number(n) => Err(ApiError::new(
-                ErrorCode::InvalidDocumentVersion,
-                format!("document {name} has no version {n}"),
-            )),
+            Version::Number(n) => Err(no_version(name, n)),
         };
     }
     let (latest, default) = store.document_versions(name)?.ok_or_else(missing)?;
@@ -285,28 +300,64 @@ pub fn find(
     };
     store
         .document_version(name, number, latest, default)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidDocumentVersion,
-                format!("document {name} has no version {number}"),
-            )
-        })
+        .ok_or_else(|| no_version(name, number))
+}
+
+fn no_version(name: &str, number: u32) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidDocumentVersion,
+        format!("document {name} has no version {number}"),
+    )
+}
+
+/// The preferences document ([`DEFAULT_DOCUMENT`]) is the one document that is both loaded at
+/// start and changeable through the API, as the account's Session Manager preferences are on
+/// AWS: true for its name.
+pub fn is_preferences(name: &str) -> bool {
+    strip_arn(name) == DEFAULT_DOCUMENT
+}
+
+/// The latest and default version of the preferences document once it has been updated
+/// through the API (`name` being it); None otherwise.
+fn updated_preferences(store: &Store, name: &str) -> Result<Option<(u32, u32)>, StoreError> {
+    match is_preferences(name) {
+        true => store.document_versions(name),
+        false => Ok(None),
+    }
+}
+
+/// The preferences sessions start with when their default version is one stored here.
+fn stored_preferences(
+    store: &Store,
+    session_documents: &Documents,
+) -> Result<Option<SessionDocument>, ApiError> {
+    let document = find(store, session_documents, DEFAULT_DOCUMENT, Version::Default)?;
+    if !document.stored {
+        return Ok(None);
+    }
+    serde_json::from_value(document.value)
+        .map(Some)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidDocument, e.to_string()))
 }
 
 /// Resolves StartSession's `DocumentName` (absent: the preferences document) and `Parameters`,
-/// against the session documents loaded at start or a stored Session document's default version.
+/// against the session documents loaded at start or a stored Session document's default version,
+/// under the preferences' default version.
 pub fn prepare_session(
     store: &Store,
     session_documents: &Documents,
     name: Option<&str>,
     given: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> Result<PreparedDocument, ApiError> {
-    let stored = name
-        .map(strip_arn)
-        .filter(|n| session_documents.get(n).is_none());
-    let Some(name) = stored else {
-        return session_documents.prepare(name, given);
-    };
+    let preferences = stored_preferences(store, session_documents)?;
+    let preference_inputs = preferences.as_ref().map(|p| p.inputs.clone());
+    let name = strip_arn(name.unwrap_or(DEFAULT_DOCUMENT));
+    if let Some(updated) = preferences.filter(|_| is_preferences(name)) {
+        return session_documents.prepare_document(name, updated, given, preference_inputs);
+    }
+    if session_documents.get(name).is_some() {
+        return session_documents.prepare_under(Some(name), given, preference_inputs);
+    }
     let document = find(store, session_documents, name, Version::Default)?;
     if document.document_type != DocumentType::Session {
         return Err(ApiError::new(
@@ -316,7 +367,7 @@ pub fn prepare_session(
     }
     let content: SessionDocument = serde_json::from_value(document.value)
         .map_err(|e| ApiError::new(ErrorCode::InvalidDocument, e.to_string()))?;
-    session_documents.prepare_document(name, content, given)
+    session_documents.prepare_document(name, content, given, preference_inputs)
 }
 
 /// The Command document SendCommand names, at the version it names.
@@ -385,7 +436,8 @@ pub fn all(store: &Store, session_documents: &Documents) -> Result<Vec<Document>
 
 impl Store {
     /// Adds a version of a stored document: version 1 (and the default) of a new one, or the
-    /// next version of an existing one. Returns the new version's number.
+    /// next version of an existing one (of the preferences document, version 2 and the default
+    /// first). Returns the new version's number.
     pub fn add_document_version(
         &self,
         name: &str,
@@ -401,29 +453,32 @@ impl Store {
             params![name],
             |r| r.get(0),
         )?;
-        let version = latest.unwrap_or(0) + 1;
+        // The preferences document's version 1 is built in; the stored ones follow it.
+        let first = if is_preferences(name) { 2 } else { 1 };
+        let version = latest.map_or(first, |v| v + 1);
         tx.execute(
             "INSERT INTO documents (name, version, document_type, document_format, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![name, version, document_type.as_str(), format.as_str(), content, millis(now)],
         )?;
-        if version == 1 {
+        if version == first {
             tx.execute(
-                "INSERT OR REPLACE INTO document_defaults (name, default_version) VALUES (?1, 1)",
-                params![name],
+                "INSERT OR REPLACE INTO document_defaults (name, default_version) VALUES (?1, ?2)",
+                params![name, version],
             )?;
         }
         tx.commit()?;
         Ok(version)
     }
 
-    /// The latest and the default version of a stored document, if it exists.
+    /// The latest and the default version of a stored document, if it exists (1 the latest when
+    /// no version is stored: the preferences document's built-in one).
     pub fn document_versions(&self, name: &str) -> Result<Option<(u32, u32)>, StoreError> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT (SELECT MAX(version) FROM documents WHERE name = ?1), default_version FROM document_defaults WHERE name = ?1",
                 params![name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get::<_, Option<u32>>(0)?.unwrap_or(1), r.get(1)?)),
             )
             .optional()?)
     }

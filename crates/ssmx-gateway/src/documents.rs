@@ -271,6 +271,17 @@ impl Documents {
         name: Option<&str>,
         given: &BTreeMap<String, Vec<String>>,
     ) -> Result<PreparedDocument, ApiError> {
+        self.prepare_under(name, given, None)
+    }
+
+    /// [`Documents::prepare`] with `preferences` (inputs of the preferences document stored
+    /// elsewhere) in place of the preferences loaded here.
+    pub fn prepare_under(
+        &self,
+        name: Option<&str>,
+        given: &BTreeMap<String, Vec<String>>,
+        preferences: Option<Value>,
+    ) -> Result<PreparedDocument, ApiError> {
         let name = strip_arn(name.unwrap_or(DEFAULT_DOCUMENT));
         let entry = self.entries.get(name).ok_or_else(|| {
             ApiError::new(
@@ -278,19 +289,20 @@ impl Documents {
                 format!("document {name} does not exist"),
             )
         })?;
-        self.prepare_entry(name, entry, given)
+        self.prepare_entry(name, entry, given, preferences)
     }
 
     /// Resolves StartSession's `Parameters` against `document` (one stored elsewhere, called
-    /// `name`).
+    /// `name`), under `preferences` as [`Documents::prepare_under`] does.
     pub fn prepare_document(
         &self,
         name: &str,
         document: SessionDocument,
         given: &BTreeMap<String, Vec<String>>,
+        preferences: Option<Value>,
     ) -> Result<PreparedDocument, ApiError> {
         let entry = compile(document).map_err(|e| ApiError::new(ErrorCode::InvalidDocument, e))?;
-        self.prepare_entry(name, &entry, given)
+        self.prepare_entry(name, &entry, given, preferences)
     }
 
     fn prepare_entry(
@@ -298,6 +310,7 @@ impl Documents {
         name: &str,
         entry: &Entry,
         given: &BTreeMap<String, Vec<String>>,
+        preferences: Option<Value>,
     ) -> Result<PreparedDocument, ApiError> {
         let invalid = |msg: String| ApiError::new(ErrorCode::InvalidDocument, msg);
         let doc = &entry.document;
@@ -357,7 +370,7 @@ impl Documents {
             }
         }
         let mut content = doc.clone();
-        content.inputs = self.merged_inputs(&doc.inputs);
+        content.inputs = self.merged_inputs(preferences, &doc.inputs);
         let inputs = content.session_inputs();
         Ok(PreparedDocument {
             name: name.to_owned(),
@@ -367,13 +380,15 @@ impl Documents {
         })
     }
 
-    /// The preferences document's inputs overlaid with `own`.
-    fn merged_inputs(&self, own: &Value) -> Value {
-        let mut merged = self
-            .entries
-            .get(DEFAULT_DOCUMENT)
-            .map(|e| e.document.inputs.clone())
-            .unwrap_or(Value::Null);
+    /// The preferences' inputs (`preferences`, else those of the preferences document loaded
+    /// here) overlaid with `own`.
+    fn merged_inputs(&self, preferences: Option<Value>, own: &Value) -> Value {
+        let mut merged = preferences.unwrap_or_else(|| {
+            self.entries
+                .get(DEFAULT_DOCUMENT)
+                .map(|e| e.document.inputs.clone())
+                .unwrap_or(Value::Null)
+        });
         match (merged.as_object_mut(), own.as_object()) {
             (Some(base), Some(own)) => {
                 for (k, v) in own {

@@ -104,6 +104,35 @@ async fn invocation_status(
         .unwrap()
 }
 
+/// The command as ListCommands reports it.
+async fn listed_command(
+    ssm: &aws_sdk_ssm::Client,
+    command_id: &str,
+) -> aws_sdk_ssm::types::Command {
+    let listed = ssm
+        .list_commands()
+        .command_id(command_id)
+        .send()
+        .await
+        .unwrap();
+    listed.commands()[0].clone()
+}
+
+/// The command's first invocation as ListCommandInvocations reports it, with its plugins.
+async fn listed_invocation(
+    ssm: &aws_sdk_ssm::Client,
+    command_id: &str,
+) -> aws_sdk_ssm::types::CommandInvocation {
+    let listed = ssm
+        .list_command_invocations()
+        .command_id(command_id)
+        .details(true)
+        .send()
+        .await
+        .unwrap();
+    listed.command_invocations()[0].clone()
+}
+
 #[tokio::test]
 async fn a_command_is_delivered_resent_until_acked_and_its_results_kept() {
     let (gateway, cred) = start_gateway("ops", None).await;
@@ -166,14 +195,7 @@ async fn a_command_is_delivered_resent_until_acked_and_its_results_kept() {
     assert_eq!(done.plugin_name(), Some(PLUGIN));
     assert_eq!(done.execution_elapsed_time(), Some("PT0.541S"));
 
-    let listed = ssm
-        .list_command_invocations()
-        .command_id(&command_id)
-        .details(true)
-        .send()
-        .await
-        .unwrap();
-    let inv = &listed.command_invocations()[0];
+    let inv = listed_invocation(&ssm, &command_id).await;
     assert_eq!(inv.status(), Some(&CommandInvocationStatus::Success));
     assert_eq!(inv.command_plugins()[0].name(), Some(PLUGIN));
     assert_eq!(inv.command_plugins()[0].output(), Some("hello\nLinux\n"));
@@ -182,6 +204,114 @@ async fn a_command_is_delivered_resent_until_acked_and_its_results_kept() {
     assert_eq!(c.command_id(), Some(command_id.as_str()));
     assert_eq!(c.status().map(|s| s.as_str()), Some("Success"));
     assert_eq!((c.completed_count(), c.error_count()), (1, 0));
+    gateway.shutdown().await;
+}
+
+/// One plugin's (step's) result, as an intermediate reply carries it.
+fn step_result(step: &str, status: &str, stdout: &str) -> CommandReply {
+    let plugin = PluginResult {
+        status: status.into(),
+        name: PLUGIN.into(),
+        step_name: step.into(),
+        output: stdout.into(),
+        standard_output: stdout.into(),
+        ..Default::default()
+    };
+    CommandReply {
+        document_status: "InProgress".into(),
+        runtime_status: Some([(step.to_owned(), plugin)].into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn reordered_replies_never_undo_a_final_status_and_late_step_results_are_kept() {
+    let (gateway, cred) = start_gateway("ops", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let steps = serde_json::json!({
+        "schemaVersion": "2.2",
+        "description": "two steps",
+        "mainSteps": [
+            {"action": PLUGIN, "name": "first", "inputs": {"runCommand": ["echo one"]}},
+            {"action": PLUGIN, "name": "second", "inputs": {"runCommand": ["echo two"]}},
+        ],
+    });
+    ssm.create_document()
+        .name("Two-Steps")
+        .content(steps.to_string())
+        .document_type(aws_sdk_ssm::types::DocumentType::Command)
+        .send()
+        .await
+        .unwrap();
+    let sent = ssm
+        .send_command()
+        .document_name("Two-Steps")
+        .instance_ids(&agent.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let command_id = sent.command().unwrap().command_id().unwrap().to_owned();
+    let (frame, job) = next_job(&mut ctl).await;
+    ack(&mut ctl, &frame, &job, ack_code::SUCCESSFUL).await;
+
+    // The final reply (of a document of two steps it carries no step results) overtakes the
+    // others: the intermediate InProgress reply, then each step's own reply, then a stale one.
+    let final_reply = CommandReply {
+        document_status: "Success".into(),
+        ..Default::default()
+    };
+    reply(&mut ctl, &job, &final_reply).await;
+    reply(&mut ctl, &job, &step_result("first", "InProgress", "")).await;
+    reply(&mut ctl, &job, &step_result("first", "Success", "one\n")).await;
+    reply(&mut ctl, &job, &step_result("second", "Success", "two\n")).await;
+    reply(&mut ctl, &job, &step_result("first", "InProgress", "")).await;
+
+    let inv = invocation_status(&ssm, &command_id, &agent.instance_id).await;
+    assert_eq!(inv.status(), Some(&CommandInvocationStatus::Success));
+    assert_eq!(inv.status_details(), Some("Success"));
+    let second = ssm
+        .get_command_invocation()
+        .command_id(&command_id)
+        .instance_id(&agent.instance_id)
+        .plugin_name("second")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.standard_output_content(), Some("two\n"));
+    assert_eq!(second.response_code(), 0);
+
+    let inv = listed_invocation(&ssm, &command_id).await;
+    assert_eq!(inv.status(), Some(&CommandInvocationStatus::Success));
+    let plugins: Vec<(&str, &str, &str, i32)> = inv
+        .command_plugins()
+        .iter()
+        .map(|p| {
+            (
+                p.name().unwrap(),
+                p.status().unwrap().as_str(),
+                p.output().unwrap(),
+                p.response_code(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plugins,
+        [
+            ("first", "Success", "one\n", 0),
+            ("second", "Success", "two\n", 0)
+        ]
+    );
+    let c = listed_command(&ssm, &command_id).await;
+    assert_eq!(
+        (c.status().map(|s| s.as_str()), c.status_details()),
+        (Some("Success"), Some("Success"))
+    );
+    assert_eq!(
+        (c.target_count(), c.completed_count(), c.error_count()),
+        (1, 1, 0)
+    );
     gateway.shutdown().await;
 }
 
@@ -285,13 +415,7 @@ async fn dispatch_ramps_up_and_max_errors_terminates_the_rest() {
     let first = invocation_status(&ssm, &command_id, &ids[0]).await;
     assert_eq!(first.status(), Some(&CommandInvocationStatus::Failed));
     assert_eq!(first.response_code(), 1);
-    let listed = ssm
-        .list_commands()
-        .command_id(&command_id)
-        .send()
-        .await
-        .unwrap();
-    let c = &listed.commands()[0];
+    let c = listed_command(&ssm, &command_id).await;
     assert_eq!(c.status().map(|s| s.as_str()), Some("Failed"));
     assert_eq!(
         (c.target_count(), c.completed_count(), c.error_count()),
@@ -327,28 +451,22 @@ async fn cancel_sends_a_cancel_job_and_the_agent_reports_cancelled() {
     let payload: serde_json::Value = serde_json::from_str(&cancel.content).unwrap();
     assert_eq!(payload["CancelMessageId"], job.job_id.as_str());
     ack(&mut ctl, &cancel_frame, &cancel, ack_code::SUCCESSFUL).await;
-    let listed = ssm
-        .list_commands()
-        .command_id(&command_id)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        listed.commands()[0].status().map(|s| s.as_str()),
+        listed_command(&ssm, &command_id)
+            .await
+            .status()
+            .map(|s| s.as_str()),
         Some("Cancelling")
     );
     reply(&mut ctl, &job, &result("Cancelled", 137, "")).await;
     let inv = invocation_status(&ssm, &command_id, &agent.instance_id).await;
     assert_eq!(inv.status(), Some(&CommandInvocationStatus::Cancelled));
     assert_eq!(inv.response_code(), 137);
-    let listed = ssm
-        .list_commands()
-        .command_id(&command_id)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        listed.commands()[0].status().map(|s| s.as_str()),
+        listed_command(&ssm, &command_id)
+            .await
+            .status()
+            .map(|s| s.as_str()),
         Some("Cancelled")
     );
     gateway.shutdown().await;

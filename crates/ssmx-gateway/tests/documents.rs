@@ -281,6 +281,25 @@ async fn documents_are_created_versioned_listed_and_deleted() {
     gateway.shutdown().await;
 }
 
+/// Creates the Session document `Port-8080` (a port session to 8080).
+async fn create_port_document(ssm: &aws_sdk_ssm::Client) {
+    let document = serde_json::json!({
+        "schemaVersion": "1.0",
+        "description": "Port 8080",
+        "sessionType": "Port",
+        "properties": {"portNumber": "8080"}
+    });
+    create(
+        ssm,
+        "Port-8080",
+        &document.to_string(),
+        DocumentType::Session,
+        DocumentFormat::Json,
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn created_documents_run_commands_and_sessions() {
     let (gateway, cred) = start_gateway("ops", None).await;
@@ -320,21 +339,7 @@ async fn created_documents_run_commands_and_sessions() {
     assert_eq!(payload.parameters["who"], "world");
 
     // A Session document of our own, used by StartSession.
-    let session_document = serde_json::json!({
-        "schemaVersion": "1.0",
-        "description": "Port 8080",
-        "sessionType": "Port",
-        "properties": {"portNumber": "8080"}
-    });
-    create(
-        &ssm,
-        "Port-8080",
-        &session_document.to_string(),
-        DocumentType::Session,
-        DocumentFormat::Json,
-    )
-    .await
-    .unwrap();
+    create_port_document(&ssm).await;
     let started = start_session(&ssm, &agent, Some("Port-8080")).await;
     let _client = open_client_data_channel(
         started.stream_url().unwrap(),
@@ -372,5 +377,106 @@ async fn created_documents_run_commands_and_sessions() {
         .await
         .unwrap_err();
     assert_eq!(code_of(&err), "InvalidDocument");
+    gateway.shutdown().await;
+}
+
+/// The task the agent is sent for a session started (with its client attached) on `document`.
+async fn session_task(
+    ssm: &aws_sdk_ssm::Client,
+    agent: &AgentCredential,
+    ctl: &mut ControlChannel,
+    document: Option<&str>,
+) -> ssmx_protocol::payload::AgentTaskPayload {
+    let started = start_session(ssm, agent, document).await;
+    let _client = open_client_data_channel(
+        started.stream_url().unwrap(),
+        started.token_value().unwrap(),
+    )
+    .await;
+    expect_interactive_shell(ctl).await
+}
+
+#[tokio::test]
+async fn the_preferences_document_is_updated_and_its_default_version_starts_sessions() {
+    const PREFERENCES: &str = "SSM-SessionManagerRunShell";
+    let (gateway, cred) = start_gateway("ops", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let agent = register_agent(&gateway).await;
+    let mut ctl = open_control_channel(&gateway, &agent).await;
+    let preferences = serde_json::json!({
+        "schemaVersion": "1.0",
+        "description": "Team preferences",
+        "sessionType": "Standard_Stream",
+        "inputs": {"idleSessionTimeout": "15", "shellProfile": {"linux": "cd /tmp", "windows": ""}}
+    });
+    let updated = ssm
+        .update_document()
+        .name(PREFERENCES)
+        .document_version("$LATEST")
+        .content(preferences.to_string())
+        .send()
+        .await
+        .unwrap();
+    let description = updated.document_description().unwrap();
+    assert_eq!(
+        (
+            description.document_version(),
+            description.latest_version(),
+            description.default_version()
+        ),
+        (Some("2"), Some("2"), Some("2"))
+    );
+    let builtin = ssm
+        .get_document()
+        .name(PREFERENCES)
+        .document_version("1")
+        .send()
+        .await
+        .unwrap();
+    assert!(builtin.content().unwrap().contains("regional settings"));
+
+    // Sessions start with the new default: its own, and under the inputs of other documents.
+    let task = session_task(&ssm, &agent, &mut ctl, None).await;
+    assert_eq!(
+        task.document_content.inputs["shellProfile"]["linux"],
+        "cd /tmp"
+    );
+    create_port_document(&ssm).await;
+    let task = session_task(&ssm, &agent, &mut ctl, Some("Port-8080")).await;
+    assert_eq!(task.document_content.inputs["idleSessionTimeout"], "15");
+
+    // Version 1, the built-in preferences, made the default again; it cannot be deleted.
+    ssm.update_document_default_version()
+        .name(PREFERENCES)
+        .document_version("1")
+        .send()
+        .await
+        .unwrap();
+    let task = session_task(&ssm, &agent, &mut ctl, None).await;
+    assert_eq!(task.document_content.inputs["shellProfile"]["linux"], "");
+    for version in [None, Some("1")] {
+        let err = ssm
+            .delete_document()
+            .name(PREFERENCES)
+            .set_document_version(version.map(str::to_owned))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&err), "InvalidDocumentOperation", "{version:?}");
+    }
+    ssm.delete_document()
+        .name(PREFERENCES)
+        .document_version("2")
+        .send()
+        .await
+        .unwrap();
+    let described = ssm
+        .describe_document()
+        .name(PREFERENCES)
+        .send()
+        .await
+        .unwrap();
+    let document = described.document().unwrap();
+    assert_eq!(document.default_version(), Some("1"));
     gateway.shutdown().await;
 }

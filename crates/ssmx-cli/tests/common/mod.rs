@@ -143,30 +143,7 @@ impl Stack {
             ),
         )
         .unwrap();
-        let ready = dir.path().join("gateway.url");
-        let gateway = ChildGuard(
-            Command::new(bin("ssmx"))
-                .args(["gateway", "run", "--config"])
-                .arg(&config)
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdout(Stdio::null())
-                .stderr(log_file(dir.path(), "gateway.log"))
-                .spawn()
-                .expect("start ssmx gateway"),
-            "gateway",
-        );
-        let url = wait_for(
-            || {
-                std::fs::read_to_string(&ready)
-                    .ok()
-                    .filter(|s| !s.trim().is_empty())
-            },
-            "gateway ready file",
-        )
-        .trim()
-        .to_owned();
-
+        let (gateway, url) = spawn_gateway(dir.path());
         let mut stack = Stack {
             url,
             instance_id: String::new(),
@@ -309,6 +286,26 @@ impl Stack {
     /// Kills the gateway process, as a crash would.
     pub fn kill_gateway(&mut self) {
         self.gateway.kill();
+    }
+
+    /// Kills the gateway process with SIGKILL, as a crash would, and starts it again on the same
+    /// port with the same configuration and database file; waits until it is ready.
+    pub fn restart_gateway(&mut self) {
+        self.kill_gateway();
+        let config = self.path("gateway.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let port = self.url.rsplit(':').next().unwrap();
+        std::fs::write(
+            &config,
+            text.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            ),
+        )
+        .unwrap();
+        let (gateway, url) = spawn_gateway(self.dir.path());
+        assert_eq!(url, self.url, "the gateway came back on another address");
+        self.gateway = gateway;
     }
 
     /// The agent's process id, if it runs.
@@ -459,6 +456,41 @@ impl Stack {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Starts `ssmx gateway run` with the configuration in `dir` (logging to `gateway.log`, appended
+/// to) and waits until it is ready; the process and its base URL.
+fn spawn_gateway(dir: &Path) -> (ChildGuard, String) {
+    let ready = dir.join("gateway.url");
+    let _ = std::fs::remove_file(&ready);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .unwrap();
+    let gateway = ChildGuard(
+        Command::new(bin("ssmx"))
+            .args(["gateway", "run", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ssmx gateway"),
+        "gateway",
+    );
+    let url = wait_for(
+        || {
+            std::fs::read_to_string(&ready)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        },
+        "gateway ready file",
+    )
+    .trim()
+    .to_owned();
+    (gateway, url)
 }
 
 /// A runtime for the harness's few SDK calls.

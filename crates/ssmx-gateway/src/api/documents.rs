@@ -165,10 +165,11 @@ fn find(hub: &Hub, name: &str, version: Option<&str>) -> Result<Document, ApiErr
     catalog::find(&hub.store, &hub.documents, name, Version::parse(version)?)
 }
 
-/// The stored document `name`, refusing those that cannot change here.
+/// The latest version of document `name`, refusing those that cannot change here (every one not
+/// stored here but the preferences document).
 fn changeable(hub: &Hub, name: &str) -> Result<Document, ApiError> {
     let document = find(hub, name, Some("$LATEST"))?;
-    if !document.stored {
+    if !document.stored && !catalog::is_preferences(name) {
         let why = match document.owner {
             Owner::Amazon => "it is owned by AWS",
             Owner::Account => "it is loaded from the gateway's documents directory; edit the file",
@@ -357,6 +358,12 @@ pub(super) fn update_document(hub: &Hub, input: UpdateDocumentInput) -> ApiResul
         &input.content,
         SystemTime::now(),
     )?;
+    if catalog::is_preferences(&input.name) {
+        // Updated preferences apply to the sessions that start next, as on AWS; a former
+        // version can be made the default again.
+        hub.store
+            .set_default_document_version(&latest.name, version)?;
+    }
     let updated = find(hub, &input.name, Some(&version.to_string()))?;
     Ok(json!({ "DocumentDescription": description(hub, &updated)? }))
 }
@@ -382,6 +389,15 @@ pub(super) fn update_document_default_version(hub: &Hub, input: NamedVersionInpu
 
 pub(super) fn delete_document(hub: &Hub, input: NamedVersionInput) -> ApiResult {
     let latest = changeable(hub, &input.name)?;
+    if catalog::is_preferences(&input.name) && input.document_version.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidDocumentOperation,
+            format!(
+                "document {} holds the Session Manager preferences and cannot be deleted; make version 1 (the built-in one) the default instead",
+                input.name
+            ),
+        ));
+    }
     let version = match input.document_version.as_deref() {
         None => None,
         given => {
@@ -391,6 +407,15 @@ pub(super) fn delete_document(hub: &Hub, input: NamedVersionInput) -> ApiResult 
                     ErrorCode::InvalidDocumentOperation,
                     format!(
                         "version {} is the default of {}; make another version the default first, or delete the whole document",
+                        document.version, input.name
+                    ),
+                ));
+            }
+            if !document.stored {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidDocumentOperation,
+                    format!(
+                        "version {} of {} is built in and cannot be deleted",
                         document.version, input.name
                     ),
                 ));

@@ -361,7 +361,7 @@ pub(crate) async fn on_job_reply(
         let Ok(Some(mut inv)) = hub.store.invocation(&command_id, instance_id) else {
             return Some(ack);
         };
-        if status::is_terminal(&inv.status) {
+        if status::is_terminal(&inv.status) && !ran_on_the_agent(&inv) {
             debug!(command = %command_id, "late reply after a final status ignored");
             return Some(ack);
         }
@@ -375,32 +375,58 @@ pub(crate) async fn on_job_reply(
     Some(ack)
 }
 
-/// Folds a reply into an invocation that is not terminal yet.
+/// True when the invocation's status comes from the agent's run, not from the gateway giving up
+/// on it (DeliveryTimedOut, Terminated, Undeliverable, cancelled before delivery): the agent's
+/// late per-plugin results still belong to it.
+fn ran_on_the_agent(inv: &InvocationRecord) -> bool {
+    inv.dispatched_at.is_some()
+        && !matches!(
+            inv.status_details.as_str(),
+            status::DELIVERY_TIMED_OUT | status::TERMINATED | status::UNDELIVERABLE
+        )
+}
+
+/// True once a plugin's result no longer changes (NotStarted and InProgress still do).
+fn plugin_finished(plugin: &PluginResult) -> bool {
+    plugin.status != "NotStarted" && document_status::is_terminal(&plugin.status)
+}
+
+/// Folds a reply into an invocation. Replies may come reordered: a finished plugin's result is
+/// not replaced by an unfinished one, and a final status is not changed; a final status still
+/// takes the plugin results that arrive after it (the final reply of a document of several
+/// plugins carries none of them).
 fn apply_reply(inv: &mut InvocationRecord, reply: &wire::CommandReply) {
     inv.acked = true;
     let mut plugins: BTreeMap<String, PluginResult> =
         serde_json::from_str(&inv.plugins).unwrap_or_default();
-    if let Some(update) = &reply.runtime_status {
-        plugins.extend(update.clone());
-    }
-    let (new_status, details) = match reply.document_status.as_str() {
-        document_status::SUCCESS | document_status::SUCCESS_AND_REBOOT => {
-            (status::SUCCESS, status::SUCCESS)
+    for (id, update) in reply.runtime_status.iter().flatten() {
+        let stale = plugins
+            .get(id)
+            .is_some_and(|known| plugin_finished(known) && !plugin_finished(update));
+        if !stale {
+            plugins.insert(id.clone(), update.clone());
         }
-        document_status::FAILED => (status::FAILED, status::FAILED),
-        document_status::CANCELLED => (status::CANCELLED, status::CANCELLED),
-        document_status::TIMED_OUT => (status::TIMED_OUT, status::EXECUTION_TIMED_OUT),
-        _ => (status::IN_PROGRESS, status::IN_PROGRESS),
-    };
-    if status::is_terminal(new_status) {
+    }
+    if !status::is_terminal(&inv.status) {
+        let (new_status, details) = match reply.document_status.as_str() {
+            document_status::SUCCESS | document_status::SUCCESS_AND_REBOOT => {
+                (status::SUCCESS, status::SUCCESS)
+            }
+            document_status::FAILED => (status::FAILED, status::FAILED),
+            document_status::CANCELLED => (status::CANCELLED, status::CANCELLED),
+            document_status::TIMED_OUT => (status::TIMED_OUT, status::EXECUTION_TIMED_OUT),
+            _ => (status::IN_PROGRESS, status::IN_PROGRESS),
+        };
+        inv.status = new_status.into();
+        inv.status_details = details.into();
+    }
+    if status::is_terminal(&inv.status) {
         inv.response_code = plugins
             .values()
             .find(|p| p.status != document_status::SUCCESS && p.status != document_status::SKIPPED)
             .or_else(|| plugins.values().last())
             .map_or(-1, |p| p.code);
     }
-    inv.status = new_status.into();
-    inv.status_details = details.into();
     inv.plugins = serde_json::to_string(&plugins).unwrap_or_else(|_| "{}".into());
 }
 
@@ -519,8 +545,17 @@ mod tests {
         .unwrap();
         apply_reply(&mut inv, &final_reply);
         assert_eq!((inv.status.as_str(), inv.response_code), ("Cancelled", 137));
-        // The caller checks is_terminal before applying; a summary counts the invocation done.
-        assert!(status::is_terminal(&inv.status));
+        let late: wire::CommandReply = serde_json::from_str(
+            r#"{"documentStatus":"InProgress","runtimeStatus":{"aws:runShellScript":{"status":"InProgress","code":0,"name":"aws:runShellScript"}}}"#,
+        )
+        .unwrap();
+        apply_reply(&mut inv, &late);
+        assert_eq!((inv.status.as_str(), inv.response_code), ("Cancelled", 137));
+        assert!(
+            inv.plugins.contains(r#""status":"Cancelled""#),
+            "{}",
+            inv.plugins
+        );
     }
 
     #[test]
