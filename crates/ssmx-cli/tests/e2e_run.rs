@@ -9,23 +9,6 @@ use std::process::Output;
 use common::Stack;
 use serde_json::Value;
 
-/// Runs aws-cli with `args` (JSON output) and parses what it prints.
-fn aws_json(stack: &Stack, args: &[&str]) -> Value {
-    let out = stack
-        .aws()
-        .args(args)
-        .args(["--output", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aws {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        stack.logs()
-    );
-    serde_json::from_slice(&out.stdout).expect("aws-cli JSON")
-}
-
 /// `aws ssm send-command` of AWS-RunShellScript with `commands`; the command id.
 fn aws_send(stack: &Stack, commands: &str) -> String {
     aws_send_with(stack, &["--parameters", &format!("commands={commands}")])
@@ -43,7 +26,7 @@ fn aws_send_with(stack: &Stack, args: &[&str]) -> String {
         &stack.instance_id,
     ];
     all.extend_from_slice(args);
-    let sent = aws_json(stack, &all);
+    let sent = stack.aws_json(&all);
     let id = sent["Command"]["CommandId"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 36, "{sent}");
     id
@@ -66,17 +49,14 @@ fn aws_wait(stack: &Stack, command_id: &str) -> Output {
 }
 
 fn get_invocation(stack: &Stack, command_id: &str) -> Value {
-    aws_json(
-        stack,
-        &[
-            "ssm",
-            "get-command-invocation",
-            "--command-id",
-            command_id,
-            "--instance-id",
-            &stack.instance_id,
-        ],
-    )
+    stack.aws_json(&[
+        "ssm",
+        "get-command-invocation",
+        "--command-id",
+        command_id,
+        "--instance-id",
+        &stack.instance_id,
+    ])
 }
 
 #[test]
@@ -97,16 +77,13 @@ fn aws_cli_sends_a_command_and_reads_its_result() {
         .as_str()
         .is_some_and(|t| t.starts_with("PT") && t.ends_with('S')));
 
-    let listed = aws_json(
-        &stack,
-        &[
-            "ssm",
-            "list-command-invocations",
-            "--command-id",
-            &command_id,
-            "--details",
-        ],
-    );
+    let listed = stack.aws_json(&[
+        "ssm",
+        "list-command-invocations",
+        "--command-id",
+        &command_id,
+        "--details",
+    ]);
     let invocations = listed["CommandInvocations"].as_array().unwrap();
     assert_eq!(invocations.len(), 1, "{listed}");
     let inv = &invocations[0];
@@ -119,10 +96,7 @@ fn aws_cli_sends_a_command_and_reads_its_result() {
     assert_eq!(plugins[0]["ResponseCode"], 0);
     assert_eq!(plugins[0]["Output"], "hello-42\n");
 
-    let commands = aws_json(
-        &stack,
-        &["ssm", "list-commands", "--command-id", &command_id],
-    );
+    let commands = stack.aws_json(&["ssm", "list-commands", "--command-id", &command_id]);
     let command = &commands["Commands"][0];
     assert_eq!(command["Status"], "Success", "{command}");
     assert_eq!(
@@ -160,10 +134,7 @@ fn aws_cli_sees_a_failing_command_fail() {
             .starts_with("broken\n"),
         "{invocation}"
     );
-    let commands = aws_json(
-        &stack,
-        &["ssm", "list-commands", "--command-id", &command_id],
-    );
+    let commands = stack.aws_json(&["ssm", "list-commands", "--command-id", &command_id]);
     assert_eq!(commands["Commands"][0]["Status"], "Failed");
     assert_eq!(commands["Commands"][0]["ErrorCount"], 1);
 }
@@ -590,15 +561,12 @@ fn a_command_for_a_stopped_agent_times_out_undelivered_and_never_runs() {
     stack.kill_agent();
     common::wait_for(
         || {
-            let status = aws_json(
-                &stack,
-                &[
-                    "ssm",
-                    "get-connection-status",
-                    "--target",
-                    &stack.instance_id,
-                ],
-            );
+            let status = stack.aws_json(&[
+                "ssm",
+                "get-connection-status",
+                "--target",
+                &stack.instance_id,
+            ]);
             (status["Status"] == "notconnected").then_some(())
         },
         "the gateway to see the agent gone",
@@ -625,10 +593,7 @@ fn a_command_for_a_stopped_agent_times_out_undelivered_and_never_runs() {
         "{invocation}"
     );
     assert_eq!(invocation["ResponseCode"], -1, "{invocation}");
-    let commands = aws_json(
-        &stack,
-        &["ssm", "list-commands", "--command-id", &command_id],
-    );
+    let commands = stack.aws_json(&["ssm", "list-commands", "--command-id", &command_id]);
     let command = &commands["Commands"][0];
     assert_eq!(
         (&command["Status"], &command["StatusDetails"]),

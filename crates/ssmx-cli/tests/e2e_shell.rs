@@ -69,12 +69,6 @@ fn shell_escape_sequence_ends_a_session() {
     );
 }
 
-/// Runs aws-cli with `args` against the stack, insisting on success; its JSON output.
-fn aws_json(stack: &Stack, args: &[&str]) -> serde_json::Value {
-    let out = common::run_ok(stack.aws().args(args).args(["--output", "json"]));
-    serde_json::from_slice(&out.stdout).expect("aws-cli JSON")
-}
-
 #[test]
 fn updated_session_preferences_apply_to_the_next_shell() {
     let stack = Stack::start();
@@ -92,33 +86,27 @@ fn updated_session_preferences_apply_to_the_next_shell() {
     });
     let file = stack.path("SessionManagerRunShell.json");
     std::fs::write(&file, preferences.to_string()).unwrap();
-    let updated = aws_json(
-        &stack,
-        &[
-            "ssm",
-            "update-document",
-            "--name",
-            "SSM-SessionManagerRunShell",
-            "--document-version",
-            "$LATEST",
-            "--content",
-            &format!("file://{}", file.display()),
-        ],
-    );
+    let updated = stack.aws_json(&[
+        "ssm",
+        "update-document",
+        "--name",
+        "SSM-SessionManagerRunShell",
+        "--document-version",
+        "$LATEST",
+        "--content",
+        &format!("file://{}", file.display()),
+    ]);
     let description = &updated["DocumentDescription"];
     assert_eq!(description["DocumentVersion"], "2", "{updated}");
     assert_eq!(description["DefaultVersion"], "2", "{updated}");
-    let builtin = aws_json(
-        &stack,
-        &[
-            "ssm",
-            "get-document",
-            "--name",
-            "SSM-SessionManagerRunShell",
-            "--document-version",
-            "1",
-        ],
-    );
+    let builtin = stack.aws_json(&[
+        "ssm",
+        "get-document",
+        "--name",
+        "SSM-SessionManagerRunShell",
+        "--document-version",
+        "1",
+    ]);
     let content: serde_json::Value =
         serde_json::from_str(builtin["Content"].as_str().unwrap()).unwrap();
     assert_eq!(content["inputs"]["shellProfile"]["linux"], "", "{builtin}");
