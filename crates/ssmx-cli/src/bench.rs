@@ -1,9 +1,11 @@
 //! `ssmx bench`: the end-to-end benchmark. Starts a real gateway and agent (this executable) on
 //! loopback, drives a `session-manager-plugin` binary exactly as aws-cli does, and measures
 //! port-forwarding throughput, keystroke latency, session set-up time, gateway memory per idle
-//! session and the plugin's memory, each beside its DESIGN.md target.
+//! session, the plugin's memory, and Run Command to a fleet of agent identities (time to finish,
+//! gateway memory per connected agent), each beside its target.
 
 mod cpus;
+mod fleet;
 mod idle;
 mod plugin;
 mod report;
@@ -41,6 +43,9 @@ const FD_BASELINE: u64 = 256;
 /// Descriptors per idle session in the process that holds most of them: the gateway keeps the
 /// client's and the agent's WebSocket, plus one spare for the database and the agent's dials.
 const FDS_PER_IDLE_SESSION: u64 = 3;
+/// Descriptors per fleet agent in the process that holds most of them: this one, where each
+/// agent has its control channel, a few pooled HTTP connections and its command's files.
+const FDS_PER_FLEET_AGENT: u64 = 8;
 
 /// `ssmx bench` options. Every size has a default sized for a 2-core machine and a couple of
 /// minutes; `--quick` shrinks them all to a smoke run; 0 skips a measurement.
@@ -63,6 +68,10 @@ pub struct BenchArgs {
     /// Idle sessions held open on the gateway [default: 500; quick: 10].
     #[arg(long, value_name = "N")]
     pub idle_sessions: Option<usize>,
+    /// Agent identities, hosted in this process, that one Run Command `echo` goes to
+    /// [default: 1000; quick: 5; at most 1000, one activation's limit].
+    #[arg(long, value_name = "N")]
+    pub fleet_agents: Option<usize>,
     /// Encrypt every session with this KMS key (e.g. `alias/bench`), through the session
     /// preferences of the bench gateway, whose key service creates it.
     #[arg(long, value_name = "KEY")]
@@ -93,6 +102,7 @@ struct Sizes {
     latency_samples: usize,
     setup_runs: usize,
     idle_sessions: usize,
+    fleet_agents: usize,
 }
 
 impl Sizes {
@@ -101,12 +111,14 @@ impl Sizes {
         latency_samples: 200,
         setup_runs: 5,
         idle_sessions: 500,
+        fleet_agents: 1000,
     };
     const QUICK: Sizes = Sizes {
         mib: 1,
         latency_samples: 20,
         setup_runs: 2,
         idle_sessions: 10,
+        fleet_agents: 5,
     };
 
     fn from_args(args: &BenchArgs) -> Self {
@@ -120,6 +132,7 @@ impl Sizes {
             latency_samples: args.latency_samples.unwrap_or(base.latency_samples),
             setup_runs: args.setup_runs.unwrap_or(base.setup_runs),
             idle_sessions: args.idle_sessions.unwrap_or(base.idle_sessions),
+            fleet_agents: args.fleet_agents.unwrap_or(base.fleet_agents),
         }
     }
 }
@@ -136,7 +149,13 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
         .plugin
         .clone()
         .unwrap_or_else(|| ssmx.with_file_name(PLUGIN_BINARY));
-    raise_fd_limit(sizes.idle_sessions)?;
+    if sizes.fleet_agents > ssmx_gateway::store::MAX_REGISTRATION_LIMIT as usize {
+        bail!(
+            "--fleet-agents is at most {} (one activation's registration limit)",
+            ssmx_gateway::store::MAX_REGISTRATION_LIMIT
+        );
+    }
+    raise_fd_limit(sizes)?;
     let placement = args
         .gateway_cpus
         .as_ref()
@@ -196,6 +215,8 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
 
 /// What every measurement needs to start sessions and plugins.
 struct Ctx {
+    /// This executable, which administers the gateway.
+    ssmx: PathBuf,
     api: Api,
     target: String,
     plugin: Plugin,
@@ -278,6 +299,7 @@ async fn bench(
         None => None,
     };
     let ctx = Ctx {
+        ssmx: ssmx.to_owned(),
         api: stack.api.clone(),
         target: stack.instance_id.clone(),
         aws_env: stack.aws_env.clone(),
@@ -301,6 +323,7 @@ async fn bench(
         session_setup: None,
         idle_sessions: None,
         client_memory: None,
+        fleet: None,
         targets: Vec::new(),
     };
     match measure_all(&ctx, &stack, sizes, &mut report).await {
@@ -375,6 +398,25 @@ async fn measure_all(
             )
             .await
             .context("idle sessions run")?,
+        );
+    }
+    if sizes.fleet_agents > 0 {
+        progress(&format!(
+            "Run Command: echo to {} agent identities",
+            sizes.fleet_agents
+        ));
+        let activation =
+            stack::create_activation(&ctx.ssmx, &ctx.scratch, Some(sizes.fleet_agents)).await?;
+        report.fleet = Some(
+            fleet::measure(
+                &ctx.api,
+                activation,
+                sizes.fleet_agents,
+                stack.gateway_pid(),
+                &ctx.scratch,
+            )
+            .await
+            .context("fleet run")?,
         );
     }
     Ok(())
@@ -513,9 +555,11 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Raises this process's open-file limit (inherited by the gateway and the agent) to what
 /// `idle_sessions` need.
-fn raise_fd_limit(idle_sessions: usize) -> anyhow::Result<()> {
+fn raise_fd_limit(sizes: Sizes) -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let needed = FD_BASELINE + FDS_PER_IDLE_SESSION * idle_sessions as u64;
+    let needed = FD_BASELINE
+        + FDS_PER_IDLE_SESSION * sizes.idle_sessions as u64
+        + FDS_PER_FLEET_AGENT * sizes.fleet_agents as u64;
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).context("cannot read the open-file limit")?;
     if soft >= needed {
@@ -523,7 +567,9 @@ fn raise_fd_limit(idle_sessions: usize) -> anyhow::Result<()> {
     }
     if hard < needed {
         bail!(
-            "{idle_sessions} idle sessions need about {needed} open files per process, above the hard limit of {hard}; raise it (ulimit -Hn) or pass a smaller --idle-sessions"
+            "{} idle sessions and {} fleet agents need about {needed} open files per process, above the hard limit of {hard}; raise it (ulimit -Hn) or pass a smaller --idle-sessions or --fleet-agents",
+            sizes.idle_sessions,
+            sizes.fleet_agents
         );
     }
     setrlimit(Resource::RLIMIT_NOFILE, needed, hard).context("cannot raise the open-file limit")

@@ -104,8 +104,13 @@ fn quick_bench_reports_every_measurement() {
     let rss = number(&report, "client_memory.plugin_rss_kib");
     assert!(rss > 0.0 && number(&report, "client_memory.plugin_peak_rss_kib") >= rss);
 
+    assert_eq!(number(&report, "fleet.agents"), 5.0);
+    assert!(number(&report, "fleet.command_seconds") > 0.0);
+    assert!(number(&report, "fleet.gateway_cpu_seconds") >= 0.0);
+    assert!(number(&report, "fleet.gateway_kib_per_agent").is_finite());
+
     let targets = report["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 7, "{targets:#?}");
+    assert_eq!(targets.len(), 9, "{targets:#?}");
     for t in targets {
         assert_ne!(t["verdict"], "skipped", "{t}");
         assert!(t["measured"].as_str().is_some_and(|m| !m.is_empty()), "{t}");
@@ -125,6 +130,8 @@ fn gateway_cpus_gives_the_gateway_cpus_of_its_own() {
         "--setup-runs",
         "0",
         "--idle-sessions",
+        "0",
+        "--fleet-agents",
         "0",
         "--gateway-cpus",
         &last,

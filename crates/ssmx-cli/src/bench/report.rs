@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::fleet::FleetReport;
 use super::idle::IdleReport;
 use super::throughput::ThroughputReport;
 
@@ -19,6 +20,12 @@ const TARGET_LATENCY_P99_MS: f64 = 5.0;
 const TARGET_IDLE_SESSIONS: usize = 5000;
 /// DESIGN.md: gateway memory per idle session, KiB.
 const TARGET_KIB_PER_SESSION: f64 = 64.0;
+/// Issue target: SendCommand `echo` to 1,000 agents, all Success within this many seconds.
+const TARGET_FLEET_SECONDS: f64 = 5.0;
+/// The fleet size that target is for.
+const TARGET_FLEET_AGENTS: usize = 1000;
+/// Issue target: gateway memory per idle connected agent, KiB.
+const TARGET_KIB_PER_AGENT: f64 = 64.0;
 /// DESIGN.md: client RSS during a shell session, KiB.
 const TARGET_CLIENT_RSS_KIB: u64 = 8 * 1024;
 
@@ -48,6 +55,8 @@ pub struct Report {
     pub idle_sessions: Option<IdleReport>,
     /// The plugin's memory in a shell session; `None` when skipped.
     pub client_memory: Option<ClientMemory>,
+    /// Run Command to a fleet of agent identities; `None` when skipped.
+    pub fleet: Option<FleetReport>,
     /// Each DESIGN.md target with its figure.
     pub targets: Vec<TargetRow>,
 }
@@ -307,6 +316,32 @@ impl Report {
                 )
             }),
         );
+        let fleet = self.fleet.as_ref();
+        row(
+            &format!("Run Command echo to {TARGET_FLEET_AGENTS} agents"),
+            &format!("≤ {TARGET_FLEET_SECONDS} s"),
+            fleet.map(|f| {
+                let verdict = if f.agents < TARGET_FLEET_AGENTS {
+                    Verdict::BelowTargetScale
+                } else {
+                    Verdict::of(f.command_seconds <= TARGET_FLEET_SECONDS)
+                };
+                (
+                    format!("{:.2} s for {}", f.command_seconds, f.agents),
+                    verdict,
+                )
+            }),
+        );
+        row(
+            "gateway memory per connected agent",
+            &format!("≤ {TARGET_KIB_PER_AGENT} KiB"),
+            fleet.map(|f| {
+                (
+                    format!("{:.1} KiB", f.gateway_kib_per_agent),
+                    Verdict::of(f.gateway_kib_per_agent <= TARGET_KIB_PER_AGENT),
+                )
+            }),
+        );
         self.targets = rows;
     }
 
@@ -428,6 +463,18 @@ impl Report {
                 mib(i.agent_rss_after_kib)
             );
         }
+        if let Some(f) = &self.fleet {
+            let _ = writeln!(
+                out,
+                "fleet: {} agents connected in {:.1} s; gateway RSS {} → {}; echo to all in {:.2} s, gateway CPU {:.2} s",
+                f.agents,
+                f.connect_seconds,
+                mib(f.gateway_rss_before_kib),
+                mib(f.gateway_rss_idle_kib),
+                f.command_seconds,
+                f.gateway_cpu_seconds
+            );
+        }
         if let Some(c) = &self.client_memory {
             let _ = writeln!(
                 out,
@@ -491,6 +538,15 @@ mod tests {
                 plugin_rss_kib: 4096,
                 plugin_peak_rss_kib: 5000,
             }),
+            fleet: Some(FleetReport {
+                agents: 100,
+                connect_seconds: 1.0,
+                command_seconds: 0.5,
+                gateway_cpu_seconds: 0.2,
+                gateway_rss_before_kib: 1000,
+                gateway_rss_idle_kib: 9000,
+                gateway_kib_per_agent: 80.0,
+            }),
             targets: Vec::new(),
         };
         report.judge();
@@ -504,7 +560,9 @@ mod tests {
                 Verdict::Skipped,
                 Verdict::Skipped,
                 Verdict::Skipped,
-                Verdict::Met
+                Verdict::Met,
+                Verdict::BelowTargetScale,
+                Verdict::Missed
             ]
         );
         let table = report.table();

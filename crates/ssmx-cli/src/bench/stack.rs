@@ -157,6 +157,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// The SDK client for the gateway's SSM API.
+    pub fn sdk(&self) -> &aws_sdk_ssm::Client {
+        &self.ssm
+    }
+
     fn new(url: &str, region: &str, key: &ApiKey) -> Self {
         let creds = aws_sdk_ssm::config::Credentials::new(
             &key.access_key_id,
@@ -333,15 +338,7 @@ impl Stack {
         .await
         .map_err(|e| with_log(e, dir, "gateway.log"))?;
 
-        let activation = run_json(
-            tokio::process::Command::new(ssmx)
-                .args(["gateway", "activation", "create", "--config"])
-                .arg(&config),
-            "ssmx gateway activation create",
-        )
-        .await?;
-        let activation_id = json_str(&activation, "ActivationId")?;
-        let activation_code = json_str(&activation, "ActivationCode")?;
+        let (activation_id, activation_code) = create_activation(ssmx, dir, None).await?;
         let state_dir = dir.join("agent");
         let registered = run_json(
             tokio::process::Command::new(ssmx)
@@ -439,6 +436,26 @@ fn aws_env(dir: &Path, api: &Api) -> anyhow::Result<Vec<(String, String)>> {
         ),
         ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
     ])
+}
+
+/// Creates an activation in the database of the gateway configured in `dir` (for at most
+/// `registration_limit` agents); its id and code.
+pub async fn create_activation(
+    ssmx: &Path,
+    dir: &Path,
+    registration_limit: Option<usize>,
+) -> anyhow::Result<(String, String)> {
+    let mut cmd = tokio::process::Command::new(ssmx);
+    cmd.args(["gateway", "activation", "create", "--config"])
+        .arg(dir.join("gateway.toml"));
+    if let Some(limit) = registration_limit {
+        cmd.args(["--registration-limit", &limit.to_string()]);
+    }
+    let activation = run_json(&mut cmd, "ssmx gateway activation create").await?;
+    Ok((
+        json_str(&activation, "ActivationId")?,
+        json_str(&activation, "ActivationCode")?,
+    ))
 }
 
 fn gateway_config(dir: &Path, region: &str, key: &ApiKey, recording: bool) -> String {
