@@ -71,9 +71,16 @@ pub(crate) async fn retry(
                     continue;
                 }
             };
-            let sent = api
-                .upload_command_output(&upload.command_id, &upload.plugin, &upload.stream, data)
-                .await;
+            let sent = tokio::select! {
+                sent = api.upload_command_output(
+                    &upload.command_id,
+                    &upload.plugin,
+                    &upload.stream,
+                    data,
+                ) => sent,
+                // Kept on disk: the next start retries it.
+                () = shutdown.cancelled() => return,
+            };
             match sent {
                 Ok(()) => {
                     tracing::info!(command = %upload.command_id, plugin = %upload.plugin, stream = %upload.stream, "whole output uploaded after a retry");
