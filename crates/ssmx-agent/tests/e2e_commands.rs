@@ -832,13 +832,19 @@ async fn killed_agent_runs_the_interrupted_step_again_and_not_the_finished_ones(
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_document_interrupted_too_often_is_given_up_and_reported_failed() {
+/// Runs a one-step document on a child agent with `max_runs`, kills the agent mid-step, lets
+/// `before_restart` change the state directory, restarts the agent and checks that the document
+/// is given up: reported Failed with an output containing `reason`, its processes ended, not
+/// run again, its state in `corrupt/`.
+async fn expect_given_up_after_restart(
+    max_runs: Option<u32>,
+    before_restart: impl FnOnce(&Path),
+    reason: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut mgs = FakeMgs::start().await;
-    // One run allowed: the first restart gives the document up.
-    let mut child = spawn_child_agent(&mgs.url, dir.path(), Some(1));
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), max_runs);
     let mut peer = mgs.next_peer().await;
 
     let count = work.path().join("only.count");
@@ -854,17 +860,16 @@ async fn a_document_interrupted_too_often_is_given_up_and_reported_failed() {
     let pgid: i32 = wait_for_file(&pid_file).await.parse().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    before_restart(dir.path());
 
-    let mut child = spawn_child_agent(&mgs.url, dir.path(), Some(1));
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), max_runs);
     let mut peer = mgs.next_peer().await;
     let replies = peer.until_final(&job_id("c-give-up", INSTANCE_ID)).await;
     let (id, only) = replies[0].plugin();
     assert_eq!(id, "only");
     assert_eq!((only.status.as_str(), only.code), ("Failed", 1));
     assert!(
-        only.output
-            .contains("interrupted by an agent restart after 1 runs")
-            && only.output.contains("not run again"),
+        only.output.contains(reason) && only.output.contains("not run again"),
         "{only:?}"
     );
     let last = replies.last().unwrap();
@@ -892,6 +897,33 @@ async fn a_document_interrupted_too_often_is_given_up_and_reported_failed() {
     wait_until_empty(&dir.path().join("current")).await;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_interrupted_too_often_is_given_up_and_reported_failed() {
+    // One run allowed: the first restart gives the document up.
+    expect_given_up_after_restart(
+        Some(1),
+        |_| {},
+        "interrupted by an agent restart after 1 runs",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_received_over_48_hours_ago_is_given_up_after_a_restart() {
+    // The state file written by the killed agent, dated three days back.
+    let three_days_ago = |dir: &Path| {
+        let path = dir
+            .join("current")
+            .join(format!("{}.json", job_id("c-give-up", INSTANCE_ID)));
+        let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let created = state["created_ms"].as_u64().unwrap();
+        assert!(created > 0, "{state}");
+        state["created_ms"] = json!(created - 3 * 24 * 60 * 60 * 1000);
+        std::fs::write(&path, state.to_string()).unwrap();
+    };
+    expect_given_up_after_restart(None, three_days_ago, "more than 48 hours ago").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
