@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ssmx_protocol::payload::{AgentTaskComplete, AgentTaskPayload};
 use tokio::sync::mpsc;
@@ -78,12 +79,13 @@ impl Agent {
                 // Failures are retried with the control channel's back-off, so a gateway that
                 // starts late still learns the host's details soon.
                 let mut retries = timing.control_backoff.start();
+                let mut first_period = true;
                 loop {
                     let pause = match api.update_instance_information().await {
                         Ok(()) => {
                             tracing::debug!("instance information updated");
                             retries.reset();
-                            timing.update_interval
+                            health_pause(timing.update_interval, &mut first_period)
                         }
                         Err(e) => {
                             let delay = retries.next_delay().min(timing.update_interval);
@@ -108,6 +110,16 @@ impl Agent {
         span.in_scope(|| tracing::info!("agent stopped"));
         Ok(())
     }
+}
+
+/// The pause after a successful UpdateInstanceInformation: a random part of the first period
+/// after the call at start (so a fleet started at once does not report in step), then whole
+/// periods.
+fn health_pause(period: Duration, first_period: &mut bool) -> Duration {
+    if !std::mem::take(first_period) {
+        return period;
+    }
+    period.mul_f64(rand::random_range(0.0..1.0))
 }
 
 /// The running sessions, by id.
@@ -193,7 +205,7 @@ impl Sessions {
     }
 
     /// Cancels every session and waits (up to `grace`) for them to end and queue their reports.
-    async fn end_all(&self, grace: std::time::Duration) {
+    async fn end_all(&self, grace: Duration) {
         self.all.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -205,5 +217,24 @@ impl Sessions {
                 "sessions still ending after the shutdown grace period"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_second_health_call_comes_inside_the_first_period() {
+        let period = Duration::from_secs(300);
+        let mut first_period = true;
+        for _ in 0..100 {
+            let mut first = true;
+            assert!(health_pause(period, &mut first) < period);
+            assert!(!first);
+        }
+        assert!(health_pause(period, &mut first_period) < period);
+        assert_eq!(health_pause(period, &mut first_period), period);
+        assert_eq!(health_pause(period, &mut first_period), period);
     }
 }

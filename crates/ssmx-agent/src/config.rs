@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub commands_dir: Option<PathBuf>,
     /// Run Command documents run at once; later ones wait (the official agent runs 5).
     pub max_concurrent_documents: usize,
+    /// Runs a Run Command document may start: one more each time a restart interrupts it; at
+    /// this many it is given up and reported Failed (the official agent allows 15).
+    pub max_document_runs: u32,
     /// Timers and retry policies.
     pub timing: Timing,
 }
@@ -37,6 +40,7 @@ impl AgentConfig {
             session_user: None,
             commands_dir: None,
             max_concurrent_documents: 5,
+            max_document_runs: 15,
             timing: Timing::default(),
         }
     }
@@ -58,7 +62,9 @@ pub struct Timing {
     /// Reconnect when no pong arrived this long after the last one (first deadline:
     /// `ping_interval + pong_timeout` after opening).
     pub pong_timeout: Duration,
-    /// Interval between UpdateInstanceInformation calls.
+    /// The health period: UpdateInstanceInformation is called at start, once more at a random
+    /// moment inside the first period, then once every period (the official agent's
+    /// HealthFrequencyMinutes, 5 minutes by default).
     pub update_interval: Duration,
     /// HTTP timeout for REST calls to the gateway.
     pub http_timeout: Duration,
@@ -85,8 +91,11 @@ pub struct Timing {
     /// Delays between re-sends of an unacknowledged Run Command reply (also re-sent on every
     /// control-channel reconnect).
     pub reply_resend_backoff: Backoff,
-    /// Unacknowledged Run Command replies older than this are dropped.
+    /// Unacknowledged Run Command replies older than this are dropped; so are whole outputs
+    /// not uploaded by then.
     pub reply_max_age: Duration,
+    /// Delays between uploads of a whole Run Command output the gateway did not take.
+    pub upload_retry_backoff: Backoff,
 }
 
 impl Default for Timing {
@@ -117,6 +126,13 @@ impl Default for Timing {
                 cap: Duration::from_secs(5 * 60),
             },
             reply_max_age: Duration::from_secs(2 * 60 * 60),
+            upload_retry_backoff: Backoff {
+                initial_min: Duration::from_secs(5),
+                initial_max: Duration::from_secs(10),
+                multiplier: 2.0,
+                jitter: 0.5,
+                cap: Duration::from_secs(5 * 60),
+            },
         }
     }
 }

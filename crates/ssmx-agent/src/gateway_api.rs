@@ -1,7 +1,8 @@
 //! The agent's awsJson1_1 calls to the gateway, signed with its registered credential: SSM
 //! `UpdateInstanceInformation` (service `ssm`), which tells the gateway the host's name,
-//! addresses, platform and agent version, and KMS `Decrypt` (service `kms`), which unwraps an
-//! encrypted session's data key (PROTOCOL.md §7.2).
+//! addresses, platform and agent version; SSM `GetDocument`, which fetches the documents
+//! `aws:runDocument` runs; and KMS `Decrypt` (service `kms`), which unwraps an encrypted
+//! session's data key (PROTOCOL.md §7.2).
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,24 @@ struct UpdateInstanceInformation<'a> {
     platform_type: &'a str,
     #[serde(rename = "PlatformVersion")]
     platform_version: String,
+}
+
+/// SSM `GetDocument` request body.
+#[derive(Serialize)]
+struct GetDocumentRequest<'a> {
+    #[serde(rename = "Name")]
+    name: &'a str,
+    #[serde(rename = "DocumentVersion", skip_serializing_if = "Option::is_none")]
+    document_version: Option<&'a str>,
+    #[serde(rename = "DocumentFormat")]
+    document_format: &'a str,
+}
+
+/// The part of SSM `GetDocument`'s answer the agent uses.
+#[derive(Deserialize)]
+struct GetDocumentResponse {
+    #[serde(rename = "Content")]
+    content: String,
 }
 
 /// KMS `Decrypt` request body.
@@ -156,6 +175,30 @@ impl GatewayApi {
                 url: self.url.to_string(),
                 detail: format!("KMS Decrypt Plaintext is not base64: {e}"),
             })
+    }
+
+    /// SSM `GetDocument`: the content, as JSON text, of the document `name` (its default
+    /// version unless `version` is given), for `aws:runDocument` and `aws:downloadContent`.
+    pub(crate) async fn get_document(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<String, AgentError> {
+        let body = GetDocumentRequest {
+            name,
+            document_version: version,
+            document_format: "JSON",
+        };
+        let body = serde_json::to_vec(&body).expect("request serialises");
+        let answer = self
+            .call(SERVICE_SSM, "AmazonSSM.GetDocument", body)
+            .await?;
+        let response: GetDocumentResponse =
+            serde_json::from_slice(&answer).map_err(|e| AgentError::Response {
+                url: self.url.to_string(),
+                detail: format!("SSM GetDocument: {e}"),
+            })?;
+        Ok(response.content)
     }
 
     /// Uploads one stream (`stdout` or `stderr`) of a plugin's whole output, for the gateway to

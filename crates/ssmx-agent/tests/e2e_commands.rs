@@ -2,8 +2,10 @@
 //! test) sends `agent_job` frames and checks the agent's acks and replies — their shape with the
 //! official field names, output separator and truncation, step statuses, cancel and timeout
 //! killing whole process groups, duplicate jobs across restarts, an agent killed with SIGKILL
-//! mid-command (a real child process) resuming without re-running finished steps, and replies
-//! re-sent until acknowledged.
+//! mid-command (a real child process) running the interrupted step again without re-running
+//! finished steps, and giving a document up once restarts interrupted it too often, replies
+//! re-sent until acknowledged, the health reports' timing, and the official agent's recorded
+//! frames replayed (OFFICIAL-AGENT.md §9.3, §9.6).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +34,8 @@ const SEND_TOPIC: &str = "aws.ssm.sendCommand.us-east-1.2.0";
 const CHILD_URL: &str = "SSMX_E2E_COMMANDS_CHILD_URL";
 /// Set in the environment of the child-process agent: its Run Command state directory.
 const CHILD_DIR: &str = "SSMX_E2E_COMMANDS_CHILD_DIR";
+/// Set in the environment of the child-process agent: its `max_document_runs`.
+const CHILD_MAX_RUNS: &str = "SSMX_E2E_COMMANDS_CHILD_MAX_RUNS";
 
 // ---------------------------------------------------------------------------------------------
 // A minimal MGS: REST calls answered, control channels handed to the test.
@@ -149,14 +153,24 @@ impl Reply {
 struct FakeMgs {
     url: String,
     peers: mpsc::UnboundedReceiver<Peer>,
+    /// When each UpdateInstanceInformation call arrived.
+    health_reports: mpsc::UnboundedReceiver<tokio::time::Instant>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl FakeMgs {
     async fn start() -> Self {
         let (peers_tx, peers) = mpsc::unbounded_channel();
+        let (reports_tx, health_reports) = mpsc::unbounded_channel();
+        let api = move |headers: axum::http::HeaderMap| {
+            let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+            if target == Some("AmazonSSM.UpdateInstanceInformation") {
+                let _ = reports_tx.send(tokio::time::Instant::now());
+            }
+            async { "{}" }
+        };
         let app = Router::new()
-            .route("/", post(|| async { "{}" }))
+            .route("/", post(api))
             .route(
                 "/v1/control-channel/{id}",
                 post(create_control).get(upgrade),
@@ -170,8 +184,17 @@ impl FakeMgs {
         Self {
             url,
             peers,
+            health_reports,
             _server: server,
         }
+    }
+
+    /// When the next UpdateInstanceInformation call arrives.
+    async fn next_health_report(&mut self, wait: Duration) -> tokio::time::Instant {
+        tokio::time::timeout(wait, self.health_reports.recv())
+            .await
+            .expect("UpdateInstanceInformation in time")
+            .unwrap()
     }
 
     async fn next_peer(&mut self) -> Peer {
@@ -289,8 +312,8 @@ impl InProcess {
     }
 }
 
-/// Not a test of its own: the agent of [`killed_agent_resumes_without_rerunning_finished_steps`],
-/// run as a separate process of this test binary.
+/// Not a test of its own: the agent of the tests that kill it, run as a separate process of
+/// this test binary.
 #[test]
 fn child_agent() {
     let (Ok(url), Ok(dir)) = (std::env::var(CHILD_URL), std::env::var(CHILD_DIR)) else {
@@ -298,7 +321,13 @@ fn child_agent() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let config = agent_config(&url, Path::new(&dir));
+        let mut config = agent_config(&url, Path::new(&dir));
+        if let Some(runs) = std::env::var(CHILD_MAX_RUNS)
+            .ok()
+            .and_then(|r| r.parse().ok())
+        {
+            config.max_document_runs = runs;
+        }
         Agent::new(config)
             .run(std::future::pending::<()>())
             .await
@@ -306,8 +335,13 @@ fn child_agent() {
     });
 }
 
-fn spawn_child_agent(url: &str, dir: &Path) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
+/// The agent as a child process; `max_runs` sets its `max_document_runs`.
+fn spawn_child_agent(url: &str, dir: &Path, max_runs: Option<u32>) -> std::process::Child {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    if let Some(runs) = max_runs {
+        command.env(CHILD_MAX_RUNS, runs.to_string());
+    }
+    command
         .args(["child_agent", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_URL, url)
         .env(CHILD_DIR, dir)
@@ -726,22 +760,39 @@ async fn bad_and_duplicate_jobs_are_refused_across_restarts() {
     agent.stop().await;
 }
 
+/// Waits until `dir` holds no file.
+async fn wait_until_empty(dir: &Path) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never emptied",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_agent_resumes_without_rerunning_finished_steps() {
+async fn killed_agent_runs_the_interrupted_step_again_and_not_the_finished_ones() {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut mgs = FakeMgs::start().await;
-    let mut child = spawn_child_agent(&mgs.url, dir.path());
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), None);
     let mut peer = mgs.next_peer().await;
 
-    let count = work.path().join("first.count");
+    let counts = ["first", "second", "third"].map(|s| work.path().join(format!("{s}.count")));
     let pid_file = work.path().join("second.pid");
+    let count_run = |count: &Path| format!("echo ran >> {}", count.display());
     let document = json!({"schemaVersion":"2.2","mainSteps":[
-        {"action":"aws:runShellScript","name":"first",
-         "inputs":{"runCommand":[format!("echo ran >> {}", count.display())]}},
-        {"action":"aws:runShellScript","name":"second",
-         "inputs":{"runCommand":[format!("echo $$ > {}", pid_file.display()), "sleep 300"]}},
-        {"action":"aws:runShellScript","name":"third","inputs":{"runCommand":["echo third"]}}]});
+        {"action":"aws:runShellScript","name":"first","inputs":{"runCommand":[count_run(&counts[0])]}},
+        {"action":"aws:runShellScript","name":"second","inputs":{"runCommand":[
+            count_run(&counts[1]),
+            // The first run waits to be interrupted; the run after the restart goes through.
+            format!("if [ \"$(grep -c ran {})\" = 1 ]; then echo $$ > {}; sleep 300; fi",
+                counts[1].display(), pid_file.display()),
+            "echo second done"]}},
+        {"action":"aws:runShellScript","name":"third","inputs":{"runCommand":[count_run(&counts[2])]}}]});
     let job = send_job("c-crash", document, json!({}));
     peer.send(&job);
     expect_accepted(&mut peer, &job).await;
@@ -753,38 +804,126 @@ async fn killed_agent_resumes_without_rerunning_finished_steps() {
     child.wait().unwrap();
     assert!(group_runs(pgid), "the script outlives a killed agent");
 
-    let mut child = spawn_child_agent(&mgs.url, dir.path());
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), None);
     let mut peer = mgs.next_peer().await;
     let replies = peer.until_final(&job_id("c-crash", INSTANCE_ID)).await;
+    assert_eq!(replies.len(), 3, "second, third, final");
     let (id, second) = replies[0].plugin();
     assert_eq!(id, "second");
-    assert_eq!(second.status, "Failed");
-    assert!(
-        second.standard_error.contains("agent stopped"),
-        "{second:?}"
-    );
+    assert_eq!(second.status, "Success", "{second:?}");
+    assert_eq!(second.standard_output, "second done\n");
     assert_eq!(replies[1].plugin().0, "third");
     assert_eq!(replies[1].plugin().1.status, "Success");
+    assert_eq!(replies[2].content.document_status, "Success");
+    let runs: Vec<String> = counts
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        ["ran\n", "ran\nran\n", "ran\n"],
+        "finished steps run once, the interrupted one again"
+    );
+    // The interrupted run's processes were ended, not left beside the new run.
+    assert_group_gone(pgid).await;
+    // Acknowledged, the document's state is gone.
+    wait_until_empty(&dir.path().join("current")).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Runs a one-step document on a child agent with `max_runs`, kills the agent mid-step, lets
+/// `before_restart` change the state directory, restarts the agent and checks that the document
+/// is given up: reported Failed with an output containing `reason`, its processes ended, not
+/// run again, its state in `corrupt/`.
+async fn expect_given_up_after_restart(
+    max_runs: Option<u32>,
+    before_restart: impl FnOnce(&Path),
+    reason: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), max_runs);
+    let mut peer = mgs.next_peer().await;
+
+    let count = work.path().join("only.count");
+    let pid_file = work.path().join("only.pid");
+    let document = json!({"schemaVersion":"2.2","mainSteps":[
+        {"action":"aws:runShellScript","name":"only","inputs":{"runCommand":[
+            format!("echo ran >> {}", count.display()),
+            format!("echo $$ > {}", pid_file.display()),
+            "sleep 300"]}}]});
+    let job = send_job("c-give-up", document, json!({}));
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let pgid: i32 = wait_for_file(&pid_file).await.parse().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    before_restart(dir.path());
+
+    let mut child = spawn_child_agent(&mgs.url, dir.path(), max_runs);
+    let mut peer = mgs.next_peer().await;
+    let replies = peer.until_final(&job_id("c-give-up", INSTANCE_ID)).await;
+    let (id, only) = replies[0].plugin();
+    assert_eq!(id, "only");
+    assert_eq!((only.status.as_str(), only.code), ("Failed", 1));
+    assert!(
+        only.output.contains(reason) && only.output.contains("not run again"),
+        "{only:?}"
+    );
     let last = replies.last().unwrap();
     assert_eq!(last.content.document_status, "Failed");
     assert_eq!(
-        std::fs::read_to_string(&count).unwrap(),
-        "ran\n",
-        "a finished step is not run again"
+        last.content.runtime_status.as_ref().unwrap()["only"].status,
+        "Failed"
     );
     assert_group_gone(pgid).await;
-    // Acknowledged, the document's state is gone.
-    let current = dir.path().join("current");
-    let deadline = tokio::time::Instant::now() + STEP;
-    while std::fs::read_dir(&current).unwrap().next().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "state never removed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap(),
+        "ran\n",
+        "not run again"
+    );
+    // The state is moved aside, not left to be resumed.
+    let corrupt: Vec<_> = std::fs::read_dir(dir.path().join("corrupt"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        corrupt,
+        [format!("{}.json", job_id("c-give-up", INSTANCE_ID))]
+    );
+    wait_until_empty(&dir.path().join("current")).await;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_interrupted_too_often_is_given_up_and_reported_failed() {
+    // One run allowed: the first restart gives the document up.
+    expect_given_up_after_restart(
+        Some(1),
+        |_| {},
+        "interrupted by an agent restart after 1 runs",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_received_over_48_hours_ago_is_given_up_after_a_restart() {
+    // The state file written by the killed agent, dated three days back.
+    let three_days_ago = |dir: &Path| {
+        let path = dir
+            .join("current")
+            .join(format!("{}.json", job_id("c-give-up", INSTANCE_ID)));
+        let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let created = state["created_ms"].as_u64().unwrap();
+        assert!(created > 0, "{state}");
+        state["created_ms"] = json!(created - 3 * 24 * 60 * 60 * 1000);
+        std::fs::write(&path, state.to_string()).unwrap();
+    };
+    expect_given_up_after_restart(None, three_days_ago, "more than 48 hours ago").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,5 +973,159 @@ async fn unacknowledged_replies_are_resent_after_a_reconnect() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_health_report_comes_inside_the_first_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let mut config = agent_config(&mgs.url, dir.path());
+    let period = Duration::from_secs(6);
+    config.timing.update_interval = period;
+    let agent = InProcess::start(config);
+    let first = mgs.next_health_report(STEP).await;
+    // Reported at start, then once at a random moment of the first period (not a whole
+    // period later), then every period.
+    let second = mgs.next_health_report(STEP).await;
+    assert!(
+        second - first < period,
+        "second report {:?} after the first",
+        second - first
+    );
+    let third = mgs.next_health_report(STEP).await;
+    assert!(third - second >= period, "{:?}", third - second);
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The official agent's frames (OFFICIAL-AGENT.md §9.3, §9.4, §9.6), replayed.
+
+/// The send-command payload of an official `agent_job` (OFFICIAL-AGENT.md §9.3), as recorded.
+const OFFICIAL_SEND_COMMAND: &str = r#"{"CommandId":"a9313ffd-85b7-4757-a3ee-955ba199c85f",
+ "DocumentName":"AWS-RunShellScript",
+ "DocumentContent":{"schemaVersion":"1.2","description":"Run a shell script.",
+   "parameters":{"commands":{"type":"StringList","description":"…"},
+                 "workingDirectory":{"type":"String","default":"","description":"…"},
+                 "executionTimeout":{"type":"String","default":"3600","description":"…"}},
+   "runtimeConfig":{"aws:runShellScript":{"properties":[{"id":"0.aws:runShellScript",
+       "runCommand":"{{ commands }}","workingDirectory":"{{ workingDirectory }}",
+       "timeoutSeconds":"{{ executionTimeout }}"}]}}},
+ "Parameters":{"commands":["echo hello","uname -s"],"workingDirectory":"","executionTimeout":"3600"},
+ "OutputS3BucketName":"","OutputS3KeyPrefix":"",
+ "CloudWatchLogGroupName":"","CloudWatchOutputEnabled":"false"}"#;
+
+/// The official agent's final reply to a script printing `hello-from-mds`, then `to-stderr` on
+/// stderr, then exiting 3 (OFFICIAL-AGENT.md §9.6).
+const OFFICIAL_FINAL_REPLY: &str = r#"{"additionalInfo":{"agent":{"lang":"en-US","name":"amazon-ssm-agent","os":"linux","osver":"1","ver":"3.3.0.0"},
+                   "dateTime":"2026-11-22T00:43:00.518Z","runId":"","runtimeStatusCounts":{"Failed":1},
+                   "ableToOpenMGSConnection":false},
+ "documentStatus":"Failed","documentTraceOutput":"",
+ "runtimeStatus":{"aws:runShellScript":{"status":"Failed","code":3,"name":"aws:runShellScript",
+     "output":"hello-from-mds\n\n----------ERROR-------\nto-stderr\nfailed to run commands: exit status 3",
+     "startDateTime":"2026-11-22T00:43:00.489Z","endDateTime":"2026-11-22T00:43:00.515Z",
+     "outputS3BucketName":"","outputS3KeyPrefix":"","stepName":"",
+     "standardOutput":"hello-from-mds\n","standardError":"to-stderr\nfailed to run commands: exit status 3"}}}"#;
+
+/// An `agent_job` frame as the service builds it (OFFICIAL-AGENT.md §9.4), carrying `content`.
+fn official_job_frame(content: &str, command_id: &str) -> AgentMessage {
+    let payload = format!(
+        r#"{{"Content":{},"JobId":"{}","Topic":"{SEND_TOPIC}","SchemaVersion":1}}"#,
+        serde_json::to_string(content).unwrap(),
+        job_id(command_id, INSTANCE_ID)
+    );
+    AgentMessage::new(
+        MessageType::AgentJob,
+        PayloadType::Undefined,
+        payload.into_bytes().into(),
+    )
+}
+
+/// The JSON type of `value`, by name.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every field of `official` is in `ours`, with the same JSON type, recursively.
+fn assert_same_fields(ours: &Value, official: &Value, path: &str) {
+    assert_eq!(json_type(ours), json_type(official), "type of {path}");
+    if let (Value::Object(ours), Value::Object(official)) = (ours, official) {
+        for (name, theirs) in official {
+            let field = format!("{path}.{name}");
+            let mine = ours
+                .get(name)
+                .unwrap_or_else(|| panic!("{field} missing in {ours:?}"));
+            assert_same_fields(mine, theirs, &field);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_job_frame_is_run_and_answered_as_the_official_agent_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mgs = FakeMgs::start().await;
+    let agent = InProcess::start(agent_config(&mgs.url, dir.path()));
+    let mut peer = mgs.next_peer().await;
+
+    // The recorded frame, as it is.
+    let command_id = "a9313ffd-85b7-4757-a3ee-955ba199c85f";
+    let job = official_job_frame(OFFICIAL_SEND_COMMAND, command_id);
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id(command_id, INSTANCE_ID)).await;
+    let (id, plugin) = replies[0].plugin();
+    assert_eq!(id, "aws:runShellScript");
+    assert_eq!(plugin.status, "Success");
+    assert_eq!(plugin.standard_output, "hello\nLinux\n");
+    assert_eq!(replies.last().unwrap().content.document_status, "Success");
+
+    // The same frame with the script of the official reply: the same fields, types and values
+    // but for times, versions and this host.
+    let mut payload: Value = serde_json::from_str(OFFICIAL_SEND_COMMAND).unwrap();
+    let failing_id = "b9313ffd-85b7-4757-a3ee-955ba199c85f";
+    payload["CommandId"] = json!(failing_id);
+    payload["Parameters"]["commands"] =
+        json!(["echo hello-from-mds", "echo to-stderr >&2", "exit 3"]);
+    let job = official_job_frame(&payload.to_string(), failing_id);
+    peer.send(&job);
+    expect_accepted(&mut peer, &job).await;
+    let replies = peer.until_final(&job_id(failing_id, INSTANCE_ID)).await;
+    let last = replies.last().unwrap();
+    let ours: Value = serde_json::from_str(&last.envelope.content).unwrap();
+    let mut official: Value = serde_json::from_str(OFFICIAL_FINAL_REPLY).unwrap();
+    // Recorded over MDS; replies over the control channel do not carry it (§9.5 item 6).
+    official["additionalInfo"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ableToOpenMGSConnection");
+    assert_same_fields(&ours, &official, "reply");
+    let volatile = [
+        "/additionalInfo/dateTime",
+        "/additionalInfo/agent/osver",
+        "/additionalInfo/agent/ver",
+        "/runtimeStatus/aws:runShellScript/startDateTime",
+        "/runtimeStatus/aws:runShellScript/endDateTime",
+    ];
+    let (mut ours, mut official) = (ours, official);
+    for pointer in volatile {
+        for reply in [&mut ours, &mut official] {
+            let field = reply.pointer_mut(pointer).unwrap();
+            let text = field.as_str().unwrap();
+            if pointer.ends_with("DateTime") || pointer.ends_with("dateTime") {
+                assert_eq!(text.len(), 24, "{pointer}: {text}");
+                assert!(text.ends_with('Z'), "{pointer}: {text}");
+            }
+            *field = json!("");
+        }
+    }
+    assert_eq!(ours, official);
+    assert_eq!(last.envelope.topic, "aws.ssm.sendCommand");
     agent.stop().await;
 }

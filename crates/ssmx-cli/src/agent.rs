@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// OS user for sessions when running as root without run-as in the document.
     #[arg(long)]
     session_user: Option<String>,
+    /// Minutes between the agent's health reports (UpdateInstanceInformation), 5 to 60, as the
+    /// official agent's HealthFrequencyMinutes.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(5..=60))]
+    health_frequency_minutes: u64,
 }
 
 /// Runs an `ssmx agent` subcommand.
@@ -71,6 +75,8 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: AgentCommand) -> anyhow::Resu
             config.commands_dir = Some(state_dir.join("commands"));
             config.shell = args.shell;
             config.session_user = args.session_user;
+            config.timing.update_interval =
+                std::time::Duration::from_secs(args.health_frequency_minutes * 60);
             let mut terminate =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("cannot watch SIGTERM")?;

@@ -6,8 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The plugin this agent runs.
+/// Runs a shell script.
 pub(crate) const RUN_SHELL_SCRIPT: &str = "aws:runShellScript";
+/// Runs the steps of another document.
+pub(crate) const RUN_DOCUMENT: &str = "aws:runDocument";
+/// Fetches a document for a later [`RUN_DOCUMENT`] step.
+pub(crate) const DOWNLOAD_CONTENT: &str = "aws:downloadContent";
 /// A plugin known to the official agent that this agent does not run.
 const RUN_POWERSHELL_SCRIPT: &str = "aws:runPowerShellScript";
 /// Platform names preconditions compare with.
@@ -18,7 +22,7 @@ const PLATFORM_TYPE: &str = "Linux";
 pub(crate) struct Step {
     /// Key in `runtimeStatus`: the plugin name (schema 1.x) or the step name (2.x).
     pub(crate) id: String,
-    /// The plugin (`aws:runShellScript`).
+    /// The plugin (`aws:runShellScript`, …).
     pub(crate) action: String,
     /// `stepName` in replies (2.x only).
     pub(crate) step_name: String,
@@ -64,7 +68,13 @@ pub(crate) fn steps(
     }
 }
 
-/// Values of the declared parameters: the caller's, else the declared default.
+/// Whether this agent runs the plugin `action`.
+fn runs(action: &str) -> bool {
+    matches!(action, RUN_SHELL_SCRIPT | RUN_DOCUMENT | DOWNLOAD_CONTENT)
+}
+
+/// Values of the declared parameters: the caller's, else the declared default. A single string
+/// given for a StringList (as `aws:runDocument` parameters often are) is a list of one.
 fn parameter_values(
     declared: Option<&Value>,
     given: &BTreeMap<String, Value>,
@@ -72,6 +82,11 @@ fn parameter_values(
     let mut values = given.clone();
     if let Some(Value::Object(declared)) = declared {
         for (name, spec) in declared {
+            let is_list = spec.get("type").and_then(Value::as_str) == Some("StringList");
+            if let (true, Some(Value::String(one))) = (is_list, values.get(name)) {
+                let list = Value::Array(vec![Value::String(one.clone())]);
+                values.insert(name.clone(), list);
+            }
             if !values.contains_key(name) {
                 if let Some(default) = spec.get("default") {
                     values.insert(name.clone(), default.clone());
@@ -104,7 +119,7 @@ fn runtime_config(
                 Plan::Fail(format!(
                     "Precondition is not supported for document schema version prior to 2.2. Step name: {name}"
                 ))
-            } else if name == RUN_SHELL_SCRIPT {
+            } else if runs(name) {
                 Plan::Run
             } else {
                 Plan::Fail(format!(
@@ -161,8 +176,8 @@ fn main_steps(
 
 /// The official agent's decision for a 2.x step (its messages included).
 fn plan(action: &str, name: &str, precondition: Option<&Value>, cross_platform: bool) -> Plan {
-    let known = matches!(action, RUN_SHELL_SCRIPT | RUN_POWERSHELL_SCRIPT);
-    let supported = action == RUN_SHELL_SCRIPT;
+    let known = action == RUN_POWERSHELL_SCRIPT || runs(action);
+    let supported = runs(action);
     let Some(precondition) = precondition else {
         return if cross_platform && !known {
             Plan::Fail(format!(

@@ -2,12 +2,15 @@
 //! channel are acknowledged, their documents run (at most N at once, the rest queued) and their
 //! progress replied; cancel jobs stop a running document. Job ids, document progress and
 //! unacknowledged replies are kept on disk (see [`state`]) so that a restarted agent neither runs
-//! a job twice nor loses its result.
+//! a job twice nor loses its result: a document a restart interrupted runs again from the step
+//! that was running, until it has been interrupted too often (RUNCOMMAND.md §3 item 5).
 
 mod document;
+mod nested;
 mod outbox;
 mod shell;
 mod state;
+mod upload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,10 +32,11 @@ use uuid::Uuid;
 
 use crate::config::AgentConfig;
 use crate::gateway_api::GatewayApi;
-use document::{Plan, Step, RUN_SHELL_SCRIPT};
+use document::{Plan, Step, DOWNLOAD_CONTENT, RUN_DOCUMENT, RUN_SHELL_SCRIPT};
 pub(crate) use outbox::{Outbox, Outgoing};
-use shell::{ShellContext, ShellInputs, ShellOutcome, Stopped, KILLED_EXIT_CODE};
+use shell::{ShellContext, ShellInputs, Stopped, KILLED_EXIT_CODE};
 use state::{DocumentState, Stage, Store, StoredReply};
+use upload::PendingUpload;
 
 /// Exit code asking for a reboot: reported SuccessAndReboot (the host is not rebooted).
 pub(crate) const REBOOT_EXIT_CODE: i64 = 194;
@@ -49,8 +53,9 @@ const STDOUT_TRUNCATED: &str = "--output truncated--";
 /// Markers inside a truncated `output`.
 const OUTPUT_TRUNCATED: &str = "\n---Output truncated---";
 const ERROR_TRUNCATED: &str = "\n---Error truncated----";
-/// Output of a step that was running when the agent stopped.
-const INTERRUPTED: &str = "The agent stopped while this step was running.";
+/// Documents received longer ago than this are not resumed after a restart (the official
+/// agent's limit).
+const MAX_DOCUMENT_AGE: Duration = Duration::from_secs(48 * 60 * 60);
 /// How long shutdown waits for running scripts to be killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,6 +66,7 @@ pub(crate) struct Settings {
     api: Arc<GatewayApi>,
     dir: Option<PathBuf>,
     max_concurrent: usize,
+    max_runs: u32,
     instance_id: String,
     region: String,
 }
@@ -75,6 +81,7 @@ impl Settings {
                 .clone()
                 .or_else(|| crate::registration::default_state_dir().map(|d| d.join("commands"))),
             max_concurrent: config.max_concurrent_documents.max(1),
+            max_runs: config.max_document_runs.max(1),
             instance_id: config.registration.instance_id.clone(),
             region: config.registration.region.clone(),
         }
@@ -96,6 +103,10 @@ struct Inner {
     agent: AgentInfo,
     out: mpsc::UnboundedSender<Outgoing>,
     permits: Arc<Semaphore>,
+    /// Runs a document may start before a restart gives it up.
+    max_runs: u32,
+    /// Whole outputs the gateway did not take yet, for the uploader to retry.
+    uploads: mpsc::UnboundedSender<PendingUpload>,
     /// Cancel tokens of documents queued or running, by job id.
     jobs: Mutex<HashMap<String, CancellationToken>>,
     /// Fires on agent shutdown.
@@ -115,6 +126,7 @@ impl Engine {
             tracing::warn!("Run Command disabled: no state directory");
         }
         let (out, frames) = mpsc::unbounded_channel();
+        let (uploads, retried_uploads) = mpsc::unbounded_channel();
         let (_, osver) = crate::host_info::platform();
         let engine = Self {
             inner: Arc::new(Inner {
@@ -131,13 +143,23 @@ impl Engine {
                 },
                 out,
                 permits: Arc::new(Semaphore::new(settings.max_concurrent)),
+                max_runs: settings.max_runs,
+                uploads,
                 jobs: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
         };
-        let outbox = Outbox::new(store.clone(), timing);
+        let outbox = Outbox::new(store.clone(), timing.clone());
         if let Some(store) = store {
+            let inner = &engine.inner;
+            inner.tracker.spawn(upload::retry(
+                inner.api.clone(),
+                store.clone(),
+                retried_uploads,
+                timing,
+                inner.shutdown.clone(),
+            ));
             store.prune_seen(SEEN_RETENTION);
             for state in store.documents(Stage::Current) {
                 tracing::info!(job = %state.job_id, "resuming a document started before a restart");
@@ -249,6 +271,8 @@ impl Engine {
             steps,
             results: BTreeMap::new(),
             running: None,
+            run_count: 0,
+            created_ms: now_millis(),
         };
         if let Err(e) = store.save(Stage::Pending, &state) {
             tracing::warn!(job = %job.job_id, "cannot save the document state: {e}");
@@ -362,29 +386,36 @@ impl Inner {
         }
     }
 
-    /// Runs (or resumes) one document to its final reply.
+    /// Runs (or resumes) one document to its final reply. A resumed document first loses what
+    /// the agent before the restart left running; then it runs again from the step that was
+    /// running, or is given up when it has run too often or is too old.
     async fn run(&self, mut state: DocumentState, pending: bool, cancel: CancellationToken) {
+        if let Some((step_id, pgid)) = &state.running {
+            if *pgid > 0 && group_runs_script(*pgid, &state) {
+                tracing::info!(job = %state.job_id, step = %step_id, pgid, "ending the processes of a step interrupted by a restart");
+                shell::kill_group(*pgid);
+            }
+        }
         let _permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok(),
             () = cancel.cancelled() => None,
             () = self.shutdown.cancelled() => return,
         };
-        if let (true, Some(store)) = (pending, &self.store) {
-            if let Err(e) = store.start(&state) {
-                tracing::warn!(job = %state.job_id, "cannot save the document state: {e}");
+        if !pending {
+            if let Some(reason) = self.give_up_reason(&state) {
+                return self.abandon(state, &reason);
             }
         }
-        if let Some((step_id, pgid)) = state.running.take() {
-            // The step was running when the agent stopped: its processes are ended and it
-            // counts as failed.
-            if pgid > 0 && group_runs_script(pgid, &state) {
-                shell::kill_group(pgid);
-            }
-            let now = iso_millis(now_millis());
-            let step = state.steps.iter().find(|s| s.id == step_id).cloned();
-            if let Some(step) = step {
-                let result = failed_result(&step, INTERRUPTED, &now, &now);
-                self.finish_step(&mut state, &step, result);
+        state.run_count += 1;
+        state.running = None;
+        if let Some(store) = &self.store {
+            let saved = if pending {
+                store.start(&state)
+            } else {
+                store.save(Stage::Current, &state)
+            };
+            if let Err(e) = saved {
+                tracing::warn!(job = %state.job_id, "cannot save the document state: {e}");
             }
         }
         let steps = state.steps.clone();
@@ -398,12 +429,14 @@ impl Inner {
                 }
                 continue;
             }
-            let Some(result) = self.run_step(&mut state, step, &cancel).await else {
+            let scope = Scope::top(step);
+            let Some(outcome) = self.run_step(&mut state, step, &scope, &cancel).await else {
                 // The agent is stopping: the document resumes at the next start.
                 return;
             };
-            let stop = stops_document(step, &result);
-            self.finish_step(&mut state, step, result);
+            self.upload_whole_output(&state, step, &outcome).await;
+            let stop = stops_document(step, &outcome.result);
+            self.finish_step(&mut state, step, outcome.result);
             if stop {
                 break;
             }
@@ -413,78 +446,154 @@ impl Inner {
         } else {
             document_result(state.results.values())
         };
-        let reply = self.reply(&status, Some(state.results.clone()));
+        self.final_reply(&state, &status);
+    }
+
+    /// Why a document interrupted by a restart is not run again, if it is not.
+    fn give_up_reason(&self, state: &DocumentState) -> Option<String> {
+        let age_ms = now_millis().saturating_sub(state.created_ms);
+        if state.created_ms > 0 && u128::from(age_ms) > MAX_DOCUMENT_AGE.as_millis() {
+            return Some(format!(
+                "The document was received more than {} hours ago and was interrupted by an agent restart; it is not run again.",
+                MAX_DOCUMENT_AGE.as_secs() / 3600
+            ));
+        }
+        (state.run_count >= self.max_runs).then(|| {
+            format!(
+                "The document was interrupted by an agent restart after {} runs, the most allowed ({}); it is not run again.",
+                state.run_count, self.max_runs
+            )
+        })
+    }
+
+    /// Gives up a document: its state goes to `corrupt/`, the step it stopped at is reported
+    /// Failed with `reason`, and the document ends Failed.
+    fn abandon(&self, mut state: DocumentState, reason: &str) {
+        tracing::warn!(job = %state.job_id, "{reason}");
+        if let Some(store) = &self.store {
+            if let Err(e) = store.abandon(&state) {
+                tracing::warn!(job = %state.job_id, "cannot move the document state aside: {e}");
+            }
+        }
+        let stopped_at = state.running.take().map(|(id, _)| id).or_else(|| {
+            let unfinished = state
+                .steps
+                .iter()
+                .find(|s| !state.results.contains_key(&s.id));
+            unfinished.map(|s| s.id.clone())
+        });
+        let step = stopped_at.and_then(|id| state.steps.iter().find(|s| s.id == id).cloned());
+        if let Some(step) = step {
+            let now = iso_millis(now_millis());
+            let result = failed_result(&step, reason, &now, &now);
+            state.results.insert(step.id.clone(), result.clone());
+            self.step_reply(&state, &step.id, result);
+        }
+        self.final_reply(&state, document_status::FAILED);
+    }
+
+    /// The document's final reply, its plugins' results included when they fit.
+    fn final_reply(&self, state: &DocumentState, status: &str) {
+        let reply = self.reply(status, Some(state.results.clone()));
         let fits = serde_json::to_string(&reply).map_or(0, |s| s.len()) <= limits::REPLY_CONTENT;
         let reply = if fits {
             reply
         } else {
-            self.reply(&status, None)
+            self.reply(status, None)
         };
         tracing::info!(job = %state.job_id, status = %status, "document finished");
-        self.tracked_reply(&state, &reply, true);
+        self.tracked_reply(state, &reply, true);
     }
 
     /// Records a finished step and replies with it.
     fn finish_step(&self, state: &mut DocumentState, step: &Step, result: PluginResult) {
-        let mut plugin = BTreeMap::new();
-        plugin.insert(step.id.clone(), result.clone());
-        state.results.insert(step.id.clone(), result);
+        state.results.insert(step.id.clone(), result.clone());
         state.running = None;
         self.save(Stage::Current, state);
+        self.step_reply(state, &step.id, result);
+    }
+
+    /// The intermediate reply of one finished step.
+    fn step_reply(&self, state: &DocumentState, step_id: &str, result: PluginResult) {
+        let plugin = BTreeMap::from([(step_id.to_owned(), result)]);
         let reply = self.reply(document_status::IN_PROGRESS, Some(plugin));
         self.tracked_reply(state, &reply, false);
     }
 
-    /// Runs one step; `None` when the agent is stopping.
+    /// Runs one step (of the document, or of a document `aws:runDocument` runs); `None` when
+    /// the agent is stopping.
     async fn run_step(
         &self,
         state: &mut DocumentState,
         step: &Step,
+        scope: &Scope,
         cancel: &CancellationToken,
-    ) -> Option<PluginResult> {
+    ) -> Option<StepOutcome> {
         let start = iso_millis(now_millis());
         let message = match &step.plan {
             Plan::Skip(message) => {
-                return Some(PluginResult {
+                let result = PluginResult {
                     status: document_status::SKIPPED.into(),
                     output: message.clone(),
                     standard_output: message.clone(),
                     ..base_result(step, &start, &start)
-                })
+                };
+                return Some(StepOutcome {
+                    result,
+                    stdout: message.clone(),
+                    stderr: String::new(),
+                });
             }
             Plan::Fail(message) => message.clone(),
-            Plan::Run if step.action == RUN_SHELL_SCRIPT => {
-                match ShellInputs::parse(&step.inputs) {
-                    Ok(inputs) => return self.run_shell(state, step, &inputs, cancel, start).await,
+            Plan::Run => match step.action.as_str() {
+                RUN_SHELL_SCRIPT => match ShellInputs::parse(&step.inputs) {
+                    Ok(inputs) => {
+                        return self
+                            .run_shell(state, step, scope, &inputs, cancel, start)
+                            .await
+                    }
                     Err(message) => message,
-                }
-            }
-            Plan::Run => format!(
-                "Plugin with name {} not found. Step name: {}",
-                step.action, step.id
-            ),
+                },
+                RUN_DOCUMENT => return self.run_document(state, step, scope, cancel, start).await,
+                DOWNLOAD_CONTENT => match self.download_content(state, step).await {
+                    Ok(done) => {
+                        let end = iso_millis(now_millis());
+                        return Some(StepOutcome::finished(
+                            step,
+                            document_status::SUCCESS,
+                            0,
+                            done,
+                            String::new(),
+                            (&start, &end),
+                        ));
+                    }
+                    Err(message) => message,
+                },
+                other => format!("Plugin with name {other} not found. Step name: {}", step.id),
+            },
         };
         let end = iso_millis(now_millis());
-        Some(failed_result(step, &message, &start, &end))
+        Some(StepOutcome::failed(step, &message, &start, &end))
     }
 
     async fn run_shell(
         &self,
         state: &mut DocumentState,
         step: &Step,
+        scope: &Scope,
         inputs: &ShellInputs,
         cancel: &CancellationToken,
         start: String,
-    ) -> Option<PluginResult> {
+    ) -> Option<StepOutcome> {
         let store = self.store.as_ref()?;
         let command_id = state.command_id.clone();
         let ctx = ShellContext {
-            dir: store.script_dir(&command_id, &step.id),
+            dir: store.script_dir(&command_id, &scope.path(step)),
             instance_id: &self.instance_id,
             region: &self.region,
             command_id: &command_id,
         };
-        state.running = Some((step.id.clone(), 0));
+        state.running = Some((scope.top.clone(), 0));
         self.save(Stage::Current, state);
         let stop = cancel.child_token();
         let on_shutdown = {
@@ -497,7 +606,7 @@ impl Inner {
         };
         let watcher = tokio::spawn(on_shutdown);
         let outcome = shell::run(inputs, &ctx, &stop, |pgid| {
-            state.running = Some((step.id.clone(), pgid));
+            state.running = Some((scope.top.clone(), pgid));
             self.save(Stage::Current, state);
         })
         .await;
@@ -509,7 +618,6 @@ impl Inner {
         if self.shutdown.is_cancelled() && outcome.stopped == Some(Stopped::Cancelled) {
             return None;
         }
-        self.upload_whole_output(state, step, &outcome).await;
         let end = iso_millis(now_millis());
         let cancelled = outcome.stopped == Some(Stopped::Cancelled);
         let timed_out = outcome.stopped == Some(Stopped::TimedOut);
@@ -523,27 +631,106 @@ impl Inner {
             KILLED_EXIT_CODE if timed_out => document_status::TIMED_OUT,
             _ => document_status::FAILED,
         };
-        Some(PluginResult {
+        Some(StepOutcome::finished(
+            step,
+            status,
+            outcome.code,
+            outcome.stdout,
+            outcome.stderr,
+            (&start, &end),
+        ))
+    }
+}
+
+/// Where a step runs: under which step of the document (recorded as the one running), how
+/// deep in `aws:runDocument` nesting, and by which path of step names.
+pub(crate) struct Scope {
+    /// The document's own step this one belongs to.
+    top: String,
+    /// Step names from the document's step down to this step's parent, `/`-separated; empty
+    /// for the document's own steps.
+    parents: String,
+    /// Nesting depth: 0 for the document's own steps.
+    depth: u32,
+}
+
+impl Scope {
+    /// The scope of one of the document's own steps.
+    fn top(step: &Step) -> Self {
+        Self {
+            top: step.id.clone(),
+            parents: String::new(),
+            depth: 0,
+        }
+    }
+
+    /// The scope of the steps of the document `step` (of this scope) runs.
+    fn nested(&self, step: &Step) -> Self {
+        Self {
+            top: self.top.clone(),
+            parents: self.path(step),
+            depth: self.depth + 1,
+        }
+    }
+
+    /// The path naming `step` in this scope (its script directory).
+    fn path(&self, step: &Step) -> String {
+        if self.parents.is_empty() {
+            step.id.clone()
+        } else {
+            format!("{}/{}", self.parents, step.id)
+        }
+    }
+}
+
+/// A finished step: its entry in replies, and its whole streams (the entry cuts them).
+pub(crate) struct StepOutcome {
+    result: PluginResult,
+    stdout: String,
+    stderr: String,
+}
+
+impl StepOutcome {
+    /// A step that ran, with its streams.
+    fn finished(
+        step: &Step,
+        status: &str,
+        code: i64,
+        stdout: String,
+        stderr: String,
+        (start, end): (&str, &str),
+    ) -> Self {
+        let result = PluginResult {
             status: status.into(),
-            code: outcome.code,
-            output: output_summary(&outcome.stdout, &outcome.stderr),
-            standard_output: standard_output(&outcome.stdout),
-            standard_error: truncate_chars(&outcome.stderr, limits::STANDARD_ERROR).to_owned(),
-            ..base_result(step, &start, &end)
-        })
+            code,
+            output: output_summary(&stdout, &stderr),
+            standard_output: standard_output(&stdout),
+            standard_error: truncate_chars(&stderr, limits::STANDARD_ERROR).to_owned(),
+            ..base_result(step, start, end)
+        };
+        Self {
+            result,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// A step that failed with `message` before running anything.
+    fn failed(step: &Step, message: &str, start: &str, end: &str) -> Self {
+        Self {
+            result: failed_result(step, message, start, end),
+            stdout: String::new(),
+            stderr: message.to_owned(),
+        }
     }
 }
 
 impl Inner {
     /// Uploads the streams of `outcome` that the reply truncates (stdout over
     /// [`limits::STANDARD_OUTPUT`] characters, stderr over [`limits::STANDARD_ERROR`]), so the
-    /// gateway serves them whole. A failed upload is logged; the reply goes out regardless.
-    async fn upload_whole_output(
-        &self,
-        state: &DocumentState,
-        step: &Step,
-        outcome: &ShellOutcome,
-    ) {
+    /// gateway serves them whole. A stream the gateway does not take now is kept on disk and
+    /// retried by the uploader; the reply goes out regardless.
+    async fn upload_whole_output(&self, state: &DocumentState, step: &Step, outcome: &StepOutcome) {
         let streams = [
             ("stdout", &outcome.stdout, limits::STANDARD_OUTPUT),
             ("stderr", &outcome.stderr, limits::STANDARD_ERROR),
@@ -558,8 +745,21 @@ impl Inner {
                 stream,
                 text.as_bytes().to_vec(),
             );
-            if let Err(e) = upload.await {
-                tracing::warn!(job = %state.job_id, step = %step.id, stream, "the whole output could not be uploaded: {e}");
+            let Err(e) = upload.await else {
+                continue;
+            };
+            tracing::warn!(job = %state.job_id, step = %step.id, stream, "the whole output could not be uploaded; retrying later: {e}");
+            let Some(store) = &self.store else {
+                continue;
+            };
+            let pending = PendingUpload::new(&state.command_id, &step.id, stream);
+            match store.save_upload(&pending, text.as_bytes()) {
+                Ok(()) => {
+                    let _ = self.uploads.send(pending);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %state.job_id, step = %step.id, stream, "cannot keep the whole output for a retry: {e}")
+                }
             }
         }
     }

@@ -4,7 +4,10 @@
 //! * `pending/<job>.json`, `current/<job>.json`: a document waiting to run / running, with the
 //!   results of its finished steps; removed once its final reply is acknowledged;
 //! * `replies/<message id>.json`: replies not acknowledged in time, re-sent until acknowledged;
-//! * `corrupt/`: files that could not be read, moved aside;
+//! * `uploads/<id>.json` and `uploads/<id>.data`: whole outputs the gateway did not take yet;
+//! * `downloads/<command>/`: what `aws:downloadContent` fetched;
+//! * `corrupt/`: files that could not be read, and documents interrupted by too many restarts
+//!   (or received too long ago), moved aside;
 //! * `run/<command>/<step>/_script.sh`: the scripts.
 //!
 //! Every JSON file is written atomically (temporary file, fsync, rename).
@@ -21,6 +24,7 @@ use ssmx_protocol::command::PluginResult;
 use uuid::Uuid;
 
 use super::document::Step;
+use super::upload::PendingUpload;
 
 /// A document's progress.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +39,12 @@ pub(crate) struct DocumentState {
     pub(crate) results: BTreeMap<String, PluginResult>,
     /// The step running, with its process group (0 before it started).
     pub(crate) running: Option<(String, i32)>,
+    /// Runs started: the first, and one more for each resume after a restart.
+    #[serde(default)]
+    pub(crate) run_count: u32,
+    /// When the job was received, Unix milliseconds (0: not known).
+    #[serde(default)]
+    pub(crate) created_ms: u64,
 }
 
 /// A reply waiting for `agent_job_reply_ack`.
@@ -59,6 +69,8 @@ pub(crate) enum Stage {
     Pending,
     /// Started.
     Current,
+    /// Given up: interrupted by too many restarts, or received too long ago.
+    Corrupt,
 }
 
 impl Stage {
@@ -66,6 +78,7 @@ impl Stage {
         match self {
             Stage::Pending => "pending",
             Stage::Current => "current",
+            Stage::Corrupt => "corrupt",
         }
     }
 }
@@ -129,6 +142,13 @@ impl Store {
         remove_if_present(&self.document_path(Stage::Pending, &state.job_id))
     }
 
+    /// Moves a document to `corrupt/` (writing its latest state): it is not run again.
+    pub(crate) fn abandon(&self, state: &DocumentState) -> std::io::Result<()> {
+        self.save(Stage::Corrupt, state)?;
+        remove_if_present(&self.document_path(Stage::Pending, &state.job_id))?;
+        remove_if_present(&self.document_path(Stage::Current, &state.job_id))
+    }
+
     /// Forgets the document of `job_id`.
     pub(crate) fn remove_document(&self, job_id: &str) {
         for stage in [Stage::Pending, Stage::Current] {
@@ -158,6 +178,41 @@ impl Store {
     /// Every persisted reply.
     pub(crate) fn replies(&self) -> Vec<StoredReply> {
         self.load_dir("replies")
+    }
+
+    /// Keeps `upload` and its `data` until [`Store::remove_upload`].
+    pub(crate) fn save_upload(&self, upload: &PendingUpload, data: &[u8]) -> std::io::Result<()> {
+        write_bytes_atomic(&self.upload_path(upload.id, "data"), data)?;
+        write_atomic(&self.upload_path(upload.id, "json"), upload)
+    }
+
+    /// Every kept upload.
+    pub(crate) fn uploads(&self) -> Vec<PendingUpload> {
+        self.load_dir("uploads")
+    }
+
+    /// The bytes of a kept upload.
+    pub(crate) fn upload_data(&self, id: Uuid) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.upload_path(id, "data"))
+    }
+
+    /// Forgets a kept upload.
+    pub(crate) fn remove_upload(&self, id: Uuid) {
+        for ext in ["json", "data"] {
+            if let Err(e) = remove_if_present(&self.upload_path(id, ext)) {
+                tracing::warn!(%id, "cannot remove a kept upload: {e}");
+            }
+        }
+    }
+
+    fn upload_path(&self, id: Uuid, ext: &str) -> PathBuf {
+        self.root.join("uploads").join(format!("{id}.{ext}"))
+    }
+
+    /// Where `aws:downloadContent` puts what it fetches for `command_id`, and where
+    /// `aws:runDocument` looks for relative `LocalPath` documents.
+    pub(crate) fn downloads_dir(&self, command_id: &str) -> PathBuf {
+        self.root.join("downloads").join(file_name(command_id))
     }
 
     /// Where the scripts of `step_id` of `command_id` go.
@@ -232,6 +287,13 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_atomic(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    write_bytes_atomic(
+        path,
+        &serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )
+}
+
+fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir(dir)?;
     let tmp = dir.join(format!(
@@ -241,7 +303,7 @@ fn write_atomic(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     ));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(value).map_err(std::io::Error::other)?)?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         sync_dir(dir);
@@ -291,6 +353,8 @@ mod tests {
             steps: Vec::new(),
             results: BTreeMap::new(),
             running: None,
+            run_count: 0,
+            created_ms: 0,
         };
         store.save(Stage::Pending, &state).unwrap();
         assert_eq!(store.documents(Stage::Pending), vec![state.clone()]);
@@ -300,5 +364,9 @@ mod tests {
         assert_eq!(store.documents(Stage::Current).len(), 1);
         store.remove_document(&state.job_id);
         assert!(store.documents(Stage::Current).is_empty());
+        store.start(&state).unwrap();
+        store.abandon(&state).unwrap();
+        assert!(store.documents(Stage::Current).is_empty());
+        assert_eq!(store.documents(Stage::Corrupt), vec![state]);
     }
 }

@@ -38,6 +38,8 @@ pub struct Stack {
     /// SSM API client signed with the gateway's test credential.
     pub ssm: aws_sdk_ssm::Client,
     gateway: Option<Gateway>,
+    /// What [`Stack::restart_gateway`] starts the gateway with again.
+    gateway_setup: (Config, Database, ApiCredential),
     agent_stop: Option<oneshot::Sender<()>>,
     agent: Option<JoinHandle<Result<(), AgentError>>>,
 }
@@ -53,6 +55,15 @@ impl Stack {
         documents: &[(&str, serde_json::Value)],
         tweak: impl FnOnce(&mut AgentConfig),
     ) -> Self {
+        Self::start_on(Database::Memory, documents, tweak).await
+    }
+
+    /// [`Stack::start_with`], the gateway's state in `database`.
+    pub async fn start_on(
+        database: Database,
+        documents: &[(&str, serde_json::Value)],
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let docs = dir.path().join("docs");
         std::fs::create_dir_all(&docs).unwrap();
@@ -64,15 +75,8 @@ impl Stack {
             documents_dir: Some(docs),
             ..Config::default()
         };
-        let gateway = Gateway::builder()
-            .config(config)
-            .listen("127.0.0.1:0".parse().unwrap())
-            .database(Database::Memory)
-            .credential(credential.clone())
-            .without_recording()
-            .start()
-            .await
-            .expect("gateway starts");
+        let gateway_setup = (config, database, credential.clone());
+        let gateway = start_gateway(&gateway_setup, "127.0.0.1:0".parse().unwrap()).await;
         let activation = gateway
             .create_activation(&NewActivation::default())
             .unwrap();
@@ -123,6 +127,7 @@ impl Stack {
             instance_id,
             ssm,
             gateway: Some(gateway),
+            gateway_setup,
             agent_stop: Some(agent_stop),
             agent: Some(agent),
         }
@@ -131,6 +136,38 @@ impl Stack {
     /// The gateway.
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
+    }
+
+    /// SendCommand of `document` to this stack's agent with `parameters`; the command id.
+    pub async fn send_command(&self, document: &str, parameters: &[(&str, &str)]) -> String {
+        let mut send = self
+            .ssm
+            .send_command()
+            .document_name(document)
+            .instance_ids(&self.instance_id);
+        for (name, value) in parameters {
+            send = send.parameters(*name, vec![value.to_string()]);
+        }
+        let sent = send.send().await.expect("SendCommand");
+        sent.command.unwrap().command_id.unwrap()
+    }
+
+    /// The user credential the gateway accepts (for signing requests by hand).
+    pub fn credential(&self) -> &ApiCredential {
+        &self.gateway_setup.2
+    }
+
+    /// Stops the gateway (the agent keeps running and retrying).
+    pub async fn stop_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+
+    /// Starts the gateway again on `addr` (where it listened before), with the same database.
+    pub async fn restart_gateway(&mut self, addr: std::net::SocketAddr) {
+        self.stop_gateway().await;
+        self.gateway = Some(start_gateway(&self.gateway_setup, addr).await);
     }
 
     /// Stops the agent (ending its sessions) and then the gateway.
@@ -220,6 +257,22 @@ impl Stack {
             .join("logs")
             .join(format!("{session_id}.log"))
     }
+}
+
+/// A gateway listening on `addr`.
+async fn start_gateway(
+    (config, database, credential): &(Config, Database, ApiCredential),
+    addr: std::net::SocketAddr,
+) -> Gateway {
+    Gateway::builder()
+        .config(config.clone())
+        .listen(addr)
+        .database(database.clone())
+        .credential(credential.clone())
+        .without_recording()
+        .start()
+        .await
+        .expect("gateway starts")
 }
 
 /// What a test session saw.

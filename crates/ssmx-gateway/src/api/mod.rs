@@ -110,6 +110,10 @@ async fn dispatch(
         ("UpdateInstanceInformation", Caller::Agent { instance_id }) => {
             update_instance_information(hub, instance_id, parse(body)?)
         }
+        ("GetDocument", Caller::Agent { .. }) => documents::get_document(hub, parse(body)?),
+        ("DescribeDocument", Caller::Agent { .. }) => {
+            documents::describe_document(hub, parse(body)?)
+        }
         (_, Caller::Agent { .. }) => Err(ApiError::new(
             ErrorCode::AccessDenied,
             format!("agent credentials may not call {op}"),

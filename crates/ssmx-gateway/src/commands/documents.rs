@@ -47,7 +47,7 @@ pub const DEFAULT_EXECUTION_TIMEOUT: u64 = 3600;
 
 /// Names of the AWS-owned command documents.
 pub fn builtin_names() -> &'static [&'static str] {
-    &["AWS-RunShellScript"]
+    &["AWS-RunDocument", "AWS-RunShellScript"]
 }
 
 /// Parameter types command documents may declare.
@@ -123,6 +123,50 @@ pub fn builtin(name: &str) -> Option<CommandDocument> {
                     }]
                 }
             }
+        }),
+        // As AWS publishes it: the document is fetched by aws:downloadContent, then run by
+        // aws:runDocument from where it was put.
+        "AWS-RunDocument" => json!({
+            "schemaVersion": "2.2",
+            "description": "Run a Systems Manager document (a composite or nested one included) kept in a remote location: GitHub, Amazon S3, or a document stored in Systems Manager.",
+            "parameters": {
+                "sourceType": {
+                    "description": "(Required) Where the document is kept.",
+                    "type": "String",
+                    "allowedValues": ["GitHub", "S3", "SSMDocument"]
+                },
+                "sourceInfo": {
+                    "description": "(Required) How to reach the document. GitHub: 'owner', 'repository', 'path', 'getOptions', 'tokenInfo'. S3: 'path', the object's URL. SSMDocument: 'name', e.g. {\"name\": \"AWS-RunShellScript\"}.",
+                    "type": "StringMap",
+                    "displayType": "textarea"
+                },
+                "documentParameters": {
+                    "description": "(Optional) Parameters of the document run.",
+                    "type": "StringMap",
+                    "displayType": "textarea",
+                    "default": {}
+                }
+            },
+            "mainSteps": [
+                {
+                    "action": "aws:downloadContent",
+                    "name": "downloadContent",
+                    "inputs": {
+                        "sourceType": "{{ sourceType }}",
+                        "sourceInfo": "{{ sourceInfo }}",
+                        "destinationPath": "document"
+                    }
+                },
+                {
+                    "action": "aws:runDocument",
+                    "name": "runDocument",
+                    "inputs": {
+                        "documentType": "LocalPath",
+                        "documentPath": "document",
+                        "documentParameters": "{{ documentParameters }}"
+                    }
+                }
+            ]
         }),
         _ => return None,
     };
@@ -260,6 +304,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn run_document_takes_a_source_and_defaults_its_parameters() {
+        let doc = builtin("AWS-RunDocument").unwrap();
+        check_parameter_definitions(&doc.content).unwrap();
+        let ok = resolve_parameters(
+            &doc,
+            &given(&[
+                ("sourceType", &["SSMDocument"]),
+                ("sourceInfo", &[r#"{"name":"Mine"}"#]),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok["sourceInfo"], json!(r#"{"name":"Mine"}"#));
+        assert_eq!(ok["documentParameters"], json!({}));
+        let bad = resolve_parameters(
+            &doc,
+            &given(&[("sourceType", &["Web"]), ("sourceInfo", &["{}"])]),
+        )
+        .unwrap_err();
+        assert!(bad.message.contains("sourceType"), "{}", bad.message);
+        let steps: Vec<&str> = doc.content["mainSteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["aws:downloadContent", "aws:runDocument"]);
     }
 
     #[test]
