@@ -585,10 +585,10 @@ async fn multi_step_document_with_parameters_and_preconditions() {
     let replies = peer.until_final(&job_id("c-steps", INSTANCE_ID)).await;
     assert_eq!(
         replies.len(),
-        5,
-        "four steps reported, then the final reply"
+        6,
+        "five steps reported, then the final reply"
     );
-    let steps: Vec<_> = replies[..4].iter().map(Reply::plugin).collect();
+    let steps: Vec<_> = replies[..5].iter().map(Reply::plugin).collect();
     assert_eq!(steps[0].0, "linuxStep");
     assert_eq!(steps[0].1.status, "Success");
     assert_eq!(steps[0].1.step_name, "linuxStep");
@@ -615,7 +615,9 @@ async fn multi_step_document_with_parameters_and_preconditions() {
         "{:?}",
         steps[3].1
     );
-    let last = &replies[4];
+    assert_eq!(steps[4].0, "afterExit");
+    assert_eq!(steps[4].1.status, "Skipped", "{:?}", steps[4].1);
+    let last = &replies[5];
     assert_eq!(last.content.document_status, "Failed");
     assert!(!marker.exists(), "onFailure: exit stops later steps");
     agent.stop().await;

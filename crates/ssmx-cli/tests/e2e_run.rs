@@ -740,3 +740,144 @@ fn a_second_ctrl_c_stops_ssmx_run_waiting_for_the_cancel() {
     // The cancel goes on without `ssmx run`.
     assert_cancelled_on_the_node(&stack, &command_id);
 }
+
+/// The plugins of the stack's invocation of `command_id`, by step name, from
+/// `list-command-invocations --details`.
+fn plugins_by_name(stack: &Stack, command_id: &str) -> std::collections::BTreeMap<String, Value> {
+    let listed = stack.aws_json(&[
+        "ssm",
+        "list-command-invocations",
+        "--command-id",
+        command_id,
+        "--details",
+    ]);
+    listed["CommandInvocations"][0]["CommandPlugins"]
+        .as_array()
+        .expect("CommandPlugins")
+        .iter()
+        .map(|p| (p["Name"].as_str().unwrap().to_owned(), p.clone()))
+        .collect()
+}
+
+#[test]
+fn documents_of_several_steps_run_as_the_official_agent_runs_them() {
+    let stack = Stack::start();
+    let marker = stack.path("never-ran");
+    let document = serde_json::json!({
+        "schemaVersion": "2.2",
+        "description": "steps, parameters, preconditions and exit codes",
+        "parameters": {
+            "greeting": {"type": "String", "default": "hello"},
+            "exitCode": {"type": "String", "allowedPattern": "^[0-9]+$"},
+        },
+        "mainSteps": [
+            {"action": "aws:runShellScript", "name": "greet",
+             "inputs": {"runCommand": ["echo {{ greeting }}-$((6*7))"]}},
+            {"action": "aws:runShellScript", "name": "windowsOnly",
+             "precondition": {"StringEquals": ["platformType", "Windows"]},
+             "inputs": {"runCommand": ["echo must-not-run"]}},
+            {"action": "aws:runShellScript", "name": "decide",
+             "inputs": {"runCommand": ["echo deciding; exit {{ exitCode }}"]}},
+            {"action": "aws:runShellScript", "name": "after",
+             "inputs": {"runCommand": [format!("touch {}", marker.display())]}},
+        ],
+    });
+    let content = stack.path("steps.json");
+    std::fs::write(&content, document.to_string()).unwrap();
+    stack.aws_json(&[
+        "ssm",
+        "create-document",
+        "--name",
+        "Steps",
+        "--document-type",
+        "Command",
+        "--content",
+        &format!("file://{}", content.display()),
+    ]);
+    let run = |exit_code: &str| {
+        let sent = stack.aws_json(&[
+            "ssm",
+            "send-command",
+            "--document-name",
+            "Steps",
+            "--instance-ids",
+            &stack.instance_id,
+            "--parameters",
+            &format!("exitCode={exit_code}"),
+        ]);
+        let id = sent["Command"]["CommandId"].as_str().unwrap().to_owned();
+        let _ = aws_wait(&stack, &id);
+        let listed = stack.aws_json(&["ssm", "list-commands", "--command-id", &id]);
+        (
+            listed["Commands"][0]["Status"].as_str().unwrap().to_owned(),
+            plugins_by_name(&stack, &id),
+        )
+    };
+
+    // 168: this step succeeded and the rest are skipped; the command succeeds.
+    let (status, plugins) = run("168");
+    assert_eq!(status, "Success", "{plugins:#?}");
+    assert_eq!(plugins["greet"]["Status"], "Success");
+    assert_eq!(plugins["greet"]["Output"], "hello-42\n");
+    assert_eq!(plugins["windowsOnly"]["Status"], "Skipped", "{plugins:#?}");
+    assert_eq!(plugins["decide"]["Status"], "Success", "{plugins:#?}");
+    assert_eq!(plugins["after"]["Status"], "Skipped", "{plugins:#?}");
+    assert!(!marker.exists(), "a step after exit 168 ran");
+
+    // 169: this step failed and the rest are skipped.
+    let (status, plugins) = run("169");
+    assert_eq!(status, "Failed", "{plugins:#?}");
+    assert_eq!(plugins["decide"]["Status"], "Failed", "{plugins:#?}");
+    assert_eq!(plugins["after"]["Status"], "Skipped", "{plugins:#?}");
+    assert!(!marker.exists(), "a step after exit 169 ran");
+
+    // 1: this step failed with its code; the next step still runs (onFailure is not exit).
+    let (status, plugins) = run("1");
+    assert_eq!(status, "Failed", "{plugins:#?}");
+    assert_eq!(plugins["decide"]["Status"], "Failed");
+    assert_eq!(plugins["decide"]["ResponseCode"], 1);
+    assert_eq!(plugins["after"]["Status"], "Success", "{plugins:#?}");
+    assert!(marker.exists(), "the step after a failed one did not run");
+
+    // A value the document's pattern refuses is an InvalidParameters error naming it.
+    let out = stack
+        .aws()
+        .args([
+            "ssm",
+            "send-command",
+            "--document-name",
+            "Steps",
+            "--instance-ids",
+            &stack.instance_id,
+        ])
+        .args(["--parameters", "exitCode=one"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("InvalidParameters")
+            && stderr.contains("exitCode"),
+        "{stderr}"
+    );
+
+    // executionTimeout ends the step TimedOut and kills its processes.
+    let sent = aws_send_with(
+        &stack,
+        &[
+            "--parameters",
+            r#"{"commands":["sleep 300"],"executionTimeout":["2"]}"#,
+        ],
+    );
+    let _ = aws_wait(&stack, &sent);
+    let invocation = get_invocation(&stack, &sent);
+    assert_eq!(invocation["Status"], "TimedOut", "{invocation}");
+    assert_eq!(
+        invocation["StatusDetails"], "ExecutionTimedOut",
+        "{invocation}"
+    );
+    common::wait_for(
+        || processes_of_command(&sent).is_empty().then_some(()),
+        "the timed-out script's processes gone",
+    );
+}

@@ -419,7 +419,7 @@ impl Inner {
             }
         }
         let steps = state.steps.clone();
-        for step in &steps {
+        for (index, step) in steps.iter().enumerate() {
             if cancel.is_cancelled() {
                 break;
             }
@@ -438,6 +438,9 @@ impl Inner {
             let stop = stops_document(step, &outcome.result);
             self.finish_step(&mut state, step, outcome.result);
             if stop {
+                if !cancel.is_cancelled() {
+                    self.skip_remaining(&mut state, step, &steps[index + 1..]);
+                }
                 break;
             }
         }
@@ -511,6 +514,25 @@ impl Inner {
         state.running = None;
         self.save(Stage::Current, state);
         self.step_reply(state, &step.id, result);
+    }
+
+    /// Reports the steps after `ended_by` Skipped, as the document ended early (exit code 168 or
+    /// 169, or `onFailure: exit`), so every step of the document has a result.
+    fn skip_remaining(&self, state: &mut DocumentState, ended_by: &Step, rest: &[Step]) {
+        let now = iso_millis(now_millis());
+        for step in rest {
+            let message = format!(
+                "Step execution skipped: step {} ended the document. Step name: {}",
+                ended_by.step_name, step.step_name
+            );
+            let result = PluginResult {
+                status: document_status::SKIPPED.into(),
+                output: message.clone(),
+                standard_output: message,
+                ..base_result(step, &now, &now)
+            };
+            self.finish_step(state, step, result);
+        }
     }
 
     /// The intermediate reply of one finished step.
