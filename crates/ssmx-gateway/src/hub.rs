@@ -117,6 +117,9 @@ pub(crate) struct Hub {
     next_conn: AtomicU64,
     /// Serialises changes of Run Command state (see [`crate::commands::advance`]).
     pub commands_lock: tokio::sync::Mutex<()>,
+    /// Commands being advanced after a finished invocation, each with whether another run was
+    /// asked for meanwhile.
+    advancing: Mutex<HashMap<String, bool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +153,39 @@ impl Hub {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             commands_lock: tokio::sync::Mutex::new(()),
+            advancing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Claims advancing `command_id`: true when the caller is to run it, false when a run is
+    /// under way (which is then asked to run once more).
+    pub fn start_advancing(&self, command_id: &str) -> bool {
+        let mut advancing = lock(&self.advancing);
+        match advancing.get_mut(command_id) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                advancing.insert(command_id.to_owned(), false);
+                true
+            }
+        }
+    }
+
+    /// After a run claimed with [`Hub::start_advancing`]: true when another run was asked for
+    /// (the caller runs again), false when the claim is released.
+    pub fn advance_again(&self, command_id: &str) -> bool {
+        let mut advancing = lock(&self.advancing);
+        match advancing.get_mut(command_id) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                advancing.remove(command_id);
+                false
+            }
         }
     }
 

@@ -202,6 +202,30 @@ pub(crate) async fn advance(hub: &Hub, command_id: &str) {
     }
 }
 
+/// [`advance`] after an invocation finished, when it can matter: while some invocation still
+/// waits to be sent (a finished one frees its place, an error may stop dispatch). Deadlines and
+/// resends are the ticker's. Calls that arrive while one runs are folded into one more run, so a
+/// burst of N replies does not read all N invocations N times.
+async fn advance_after_finish(hub: &Hub, command_id: &str) {
+    match hub.store.undispatched(command_id) {
+        Ok(0) => return,
+        Ok(_) => {}
+        Err(e) => {
+            warn!(command = command_id, error = %e, "cannot read the command's invocations");
+            return;
+        }
+    }
+    if !hub.start_advancing(command_id) {
+        return;
+    }
+    loop {
+        advance(hub, command_id).await;
+        if !hub.advance_again(command_id) {
+            return;
+        }
+    }
+}
+
 async fn advance_locked(hub: &Hub, command_id: &str) -> Result<(), crate::store::StoreError> {
     let Some(command) = hub.store.command(command_id)? else {
         return Ok(());
@@ -324,8 +348,11 @@ pub(crate) async fn on_job_ack(hub: &Hub, instance_id: &str, ack: AgentJobAck) {
         if let Err(e) = hub.store.update_invocation(&inv) {
             warn!(error = %e, "cannot record the job's acknowledgement");
         }
+        if !status::is_terminal(&inv.status) {
+            return;
+        }
     }
-    advance(hub, &command_id).await;
+    advance_after_finish(hub, &command_id).await;
 }
 
 /// Applies an `agent_job_reply` from `instance_id`; returns the `agent_job_reply_ack` to send.
@@ -365,13 +392,17 @@ pub(crate) async fn on_job_reply(
             debug!(command = %command_id, "late reply after a final status ignored");
             return Some(ack);
         }
+        let was_terminal = status::is_terminal(&inv.status);
         apply_reply(&mut inv, &content);
         if let Err(e) = hub.store.update_invocation(&inv) {
             warn!(error = %e, "cannot record the reply");
             return None;
         }
+        if was_terminal || !status::is_terminal(&inv.status) {
+            return Some(ack);
+        }
     }
-    advance(hub, &command_id).await;
+    advance_after_finish(hub, &command_id).await;
     Some(ack)
 }
 

@@ -221,6 +221,17 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many invocations of the command have not been sent to their node yet (and are not
+    /// final): the ones a finished invocation may let through.
+    pub fn undispatched(&self, command_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM invocations WHERE command_id = ?1 AND dispatched_at IS NULL AND status IN ('Pending', 'Delayed', 'InProgress')",
+            params![command_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     /// One invocation.
     pub fn invocation(
         &self,
