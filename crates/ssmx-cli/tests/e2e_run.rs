@@ -556,6 +556,30 @@ fn a_command_survives_the_gateway_killed_and_restarted() {
 }
 
 #[test]
+fn a_command_survives_the_agent_killed_mid_step_and_restarted() {
+    let mut stack = Stack::start();
+    let runs = stack.path("runs");
+    let command_id = aws_send(
+        &stack,
+        &format!("echo run >> {}; sleep 3; echo finished", runs.display()),
+    );
+    common::wait_for(|| runs.exists().then_some(()), "the step to start");
+    stack.kill_agent();
+    stack.start_agent();
+    let waited = aws_wait(&stack, &command_id);
+    stack.assert_exit(&waited, 0);
+    let invocation = get_invocation(&stack, &command_id);
+    assert_eq!(invocation["Status"], "Success", "{invocation}");
+    assert_eq!(
+        invocation["StandardOutputContent"], "finished\n",
+        "{invocation}"
+    );
+    // As the official agent does, the interrupted step ran again from its start, once.
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\nrun\n");
+    assert!(processes_of_command(&command_id).is_empty());
+}
+
+#[test]
 fn a_command_for_a_stopped_agent_times_out_undelivered_and_never_runs() {
     let mut stack = Stack::start();
     stack.kill_agent();
