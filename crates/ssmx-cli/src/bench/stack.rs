@@ -196,12 +196,10 @@ impl Api {
         for (name, values) in &req.parameters {
             call = call.parameters(name, values.clone());
         }
-        let out = call.send().await.map_err(|e| {
-            anyhow::anyhow!(
-                "StartSession failed: {}",
-                aws_sdk_ssm::error::DisplayErrorContext(e)
-            )
-        })?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| api_failed("StartSession", e))?;
         let field = |v: Option<&str>, name: &str| {
             v.filter(|s| !s.is_empty())
                 .map(str::to_owned)
@@ -221,12 +219,7 @@ impl Api {
             .session_id(session_id)
             .send()
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "TerminateSession {session_id} failed: {}",
-                    aws_sdk_ssm::error::DisplayErrorContext(e)
-                )
-            })?;
+            .map_err(|e| api_failed(&format!("TerminateSession {session_id}"), e))?;
         Ok(())
     }
 
@@ -239,12 +232,7 @@ impl Api {
             .target(instance_id)
             .send()
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "GetConnectionStatus failed: {}",
-                    aws_sdk_ssm::error::DisplayErrorContext(e)
-                )
-            })?;
+            .map_err(|e| api_failed("GetConnectionStatus", e))?;
         if status.status() != Some(&aws_sdk_ssm::types::ConnectionStatus::Connected) {
             return Ok(None);
         }
@@ -253,12 +241,7 @@ impl Api {
             .describe_instance_information()
             .send()
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "DescribeInstanceInformation failed: {}",
-                    aws_sdk_ssm::error::DisplayErrorContext(e)
-                )
-            })?;
+            .map_err(|e| api_failed("DescribeInstanceInformation", e))?;
         Ok(Some(
             out.instance_information_list()
                 .iter()
@@ -456,6 +439,20 @@ pub async fn create_activation(
         json_str(&activation, "ActivationId")?,
         json_str(&activation, "ActivationCode")?,
     ))
+}
+
+/// An SSM API failure of `operation`, with the SDK's whole error chain.
+fn api_failed<
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+>(
+    operation: &str,
+    e: aws_sdk_ssm::error::SdkError<E, R>,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{operation} failed: {}",
+        aws_sdk_ssm::error::DisplayErrorContext(e)
+    )
 }
 
 fn gateway_config(dir: &Path, region: &str, key: &ApiKey, recording: bool) -> String {
