@@ -216,7 +216,10 @@ impl Principal {
 /// `statement 1 ("NoProd") of policy "operators"`.
 pub fn describe_statement(policy: &str, statement: &Statement) -> String {
     match &statement.sid {
-        Some(sid) => format!("statement {} ({sid:?}) of policy {policy:?}", statement.index),
+        Some(sid) => format!(
+            "statement {} ({sid:?}) of policy {policy:?}",
+            statement.index
+        ),
         None => format!("statement {} of policy {policy:?}", statement.index),
     }
 }
@@ -313,7 +316,10 @@ impl Arns {
         if key_id.starts_with("arn:") {
             return key_id.to_owned();
         }
-        format!("arn:aws:kms:{}:{}:key/{key_id}", self.region, self.account_id)
+        format!(
+            "arn:aws:kms:{}:{}:key/{key_id}",
+            self.region, self.account_id
+        )
     }
 }
 
@@ -366,7 +372,9 @@ impl AccessControl {
                 )));
             }
         }
-        let attach = |owner: &str, names: &[String]| -> Result<Vec<(String, Arc<Policy>)>, AccessConfigError> {
+        let attach = |owner: &str,
+                      names: &[String]|
+         -> Result<Vec<(String, Arc<Policy>)>, AccessConfigError> {
             names
                 .iter()
                 .map(|n| {
@@ -401,7 +409,10 @@ impl AccessControl {
                 run_as: u.run_as.clone(),
                 policies: attached,
             };
-            if principals.insert(u.name.clone(), Arc::new(principal)).is_some() {
+            if principals
+                .insert(u.name.clone(), Arc::new(principal))
+                .is_some()
+            {
                 return Err(invalid(format!("user {:?} is defined twice", u.name)));
             }
         }
@@ -533,7 +544,9 @@ mod tests {
         let err = ops
             .authorize("ssm:SendCommand", &resource("prod"))
             .unwrap_err();
-        assert!(err.message.ends_with("with an explicit deny in an identity-based policy"));
+        assert!(err
+            .message
+            .ends_with("with an explicit deny in an identity-based policy"));
         assert_eq!(ops.run_as(), Some("opsuser"));
         assert_eq!(dev.run_as(), None);
         // Users are configured, so a credential without a [[users]] entry may do nothing.
@@ -551,8 +564,9 @@ mod tests {
             groups,
             ..Default::default()
         };
-        let err = AccessControl::build(&[], &[user(vec!["nope".into()], vec![])], &[], &[], &arns())
-            .unwrap_err();
+        let err =
+            AccessControl::build(&[], &[user(vec!["nope".into()], vec![])], &[], &[], &arns())
+                .unwrap_err();
         assert!(err.to_string().contains("unknown policy \"nope\""), "{err}");
         let err = AccessControl::build(&[], &[user(vec![], vec!["g".into()])], &[], &[], &arns())
             .unwrap_err();
@@ -563,7 +577,11 @@ mod tests {
             file: None,
         };
         let err = AccessControl::build(&[], &[], &[], &[bad], &arns()).unwrap_err();
-        assert!(err.to_string().starts_with("policy \"bad\": invalid policy document"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("policy \"bad\": invalid policy document"),
+            "{err}"
+        );
         let shadow = PolicyConfig {
             name: ADMINISTRATOR_POLICY.into(),
             document: Some(DEV_ONLY.into()),

@@ -74,7 +74,9 @@ impl Context {
 
     /// The value of `key`, if the request has it.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(&key.to_ascii_lowercase()).map(String::as_str)
+        self.values
+            .get(&key.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -275,7 +277,10 @@ impl Policy {
     }
 
     /// The statements of this policy that match `request`, in order.
-    pub fn matching<'p>(&'p self, request: &Request<'_>) -> impl Iterator<Item = &'p Statement> {
+    pub fn matching<'p, 'r>(
+        &'p self,
+        request: &Request<'r>,
+    ) -> impl Iterator<Item = &'p Statement> + use<'p, 'r> {
         let request = *request;
         self.statements.iter().filter(move |s| s.matches(&request))
     }
@@ -343,7 +348,9 @@ impl Statement {
 
     fn matches(&self, request: &Request<'_>) -> bool {
         self.actions.matches(request.action, true, request.context)
-            && self.resources.matches(request.resource, false, request.context)
+            && self
+                .resources
+                .matches(request.resource, false, request.context)
             && self.conditions.iter().all(|c| c.holds(request.context))
     }
 
@@ -366,9 +373,8 @@ impl Patterns {
             (Some(_), Some(_)) => return Err(format!("has both {positive} and {negative}")),
             (None, None) => return Err(format!("needs {positive} or {negative}")),
         };
-        let patterns = string_list(value).ok_or_else(|| {
-            format!("{positive} must be a string or a list of strings")
-        })?;
+        let patterns = string_list(value)
+            .ok_or_else(|| format!("{positive} must be a string or a list of strings"))?;
         if patterns.is_empty() {
             return Err(format!("{positive} must not be empty"));
         }
@@ -411,9 +417,8 @@ fn parse_conditions(value: &Value) -> Result<Vec<Condition>, String> {
         for (key, values) in keys {
             let values = match values {
                 Value::Bool(b) => vec![b.to_string()],
-                other => string_list(other).ok_or_else(|| {
-                    format!("condition {name:?} {key:?}: values must be strings")
-                })?,
+                other => string_list(other)
+                    .ok_or_else(|| format!("condition {name:?} {key:?}: values must be strings"))?,
             };
             conditions.push(Condition {
                 operator,
@@ -429,7 +434,10 @@ fn parse_conditions(value: &Value) -> Result<Vec<Condition>, String> {
 fn string_list(value: &Value) -> Option<Vec<String>> {
     match value {
         Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => None,
     }
 }
@@ -552,7 +560,11 @@ mod tests {
         assert!(wildcard_match("mi-0?a", "mi-0aa", false));
         assert!(!wildcard_match("mi-0?a", "mi-0a", false));
         assert!(wildcard_match("SSM:startsession", "ssm:StartSession", true));
-        assert!(!wildcard_match("SSM:startsession", "ssm:StartSession", false));
+        assert!(!wildcard_match(
+            "SSM:startsession",
+            "ssm:StartSession",
+            false
+        ));
         assert!(wildcard_match("*", "", false));
         assert!(wildcard_match("\u{0}*", "*", false));
         assert!(!wildcard_match("\u{0}*", "x", false));
@@ -618,7 +630,9 @@ mod tests {
     fn conditions_follow_iam_on_missing_keys() {
         let ctx = Context::default();
         let with = |cond: &str| {
-            format!(r#"{{"Statement":{{"Effect":"Allow","Action":"*","Resource":"*","Condition":{cond}}}}}"#)
+            format!(
+                r#"{{"Statement":{{"Effect":"Allow","Action":"*","Resource":"*","Condition":{cond}}}}}"#
+            )
         };
         // A positive operator needs the key; a negated one holds without it; IfExists holds.
         assert_eq!(
@@ -630,7 +644,12 @@ mod tests {
             Some(Decision::Allow)
         );
         assert_eq!(
-            decide(&with(r#"{"StringEqualsIfExists":{"k":"v"}}"#), "a:b", "*", &ctx),
+            decide(
+                &with(r#"{"StringEqualsIfExists":{"k":"v"}}"#),
+                "a:b",
+                "*",
+                &ctx
+            ),
             Some(Decision::Allow)
         );
         assert_eq!(
@@ -639,7 +658,12 @@ mod tests {
         );
         let has = context(&[("K", "v2")]);
         assert_eq!(
-            decide(&with(r#"{"StringLike":{"k":["v1","v?"]}}"#), "a:b", "*", &has),
+            decide(
+                &with(r#"{"StringLike":{"k":["v1","v?"]}}"#),
+                "a:b",
+                "*",
+                &has
+            ),
             Some(Decision::Allow)
         );
         assert_eq!(
@@ -720,8 +744,14 @@ mod tests {
     fn malformed_documents_are_refused_with_reasons() {
         let cases = [
             ("[]", "JSON object"),
-            (r#"{"Statement":[{"Effect":"Maybe","Action":"*","Resource":"*"}]}"#, "Effect"),
-            (r#"{"Statement":[{"Effect":"Allow","Resource":"*"}]}"#, "needs Action"),
+            (
+                r#"{"Statement":[{"Effect":"Maybe","Action":"*","Resource":"*"}]}"#,
+                "Effect",
+            ),
+            (
+                r#"{"Statement":[{"Effect":"Allow","Resource":"*"}]}"#,
+                "needs Action",
+            ),
             (
                 r#"{"Statement":[{"Effect":"Allow","Action":"*","NotAction":"x","Resource":"*"}]}"#,
                 "both",
@@ -739,7 +769,10 @@ mod tests {
                 "set operators",
             ),
             (r#"{"Version":"2020-01-01","Statement":[]}"#, "Version"),
-            (r#"{"Statement":[{"Effect":"Allow","Action":[],"Resource":"*"}]}"#, "empty"),
+            (
+                r#"{"Statement":[{"Effect":"Allow","Action":[],"Resource":"*"}]}"#,
+                "empty",
+            ),
         ];
         for (doc, needle) in cases {
             let err = Policy::parse(doc).unwrap_err().to_string();
