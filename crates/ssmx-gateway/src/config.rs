@@ -160,6 +160,16 @@ pub struct Config {
     /// Access keys accepted on the SSM API.
     #[serde(default)]
     pub credentials: Vec<ApiCredential>,
+    /// Users, with their groups, policies and tags (none: every credential is an
+    /// administrator).
+    #[serde(default)]
+    pub users: Vec<crate::access::UserConfig>,
+    /// Groups of users and their policies.
+    #[serde(default)]
+    pub groups: Vec<crate::access::GroupConfig>,
+    /// Named IAM policy documents users and groups attach.
+    #[serde(default)]
+    pub policies: Vec<crate::access::PolicyConfig>,
     /// HTTPS when present.
     pub tls: Option<TlsConfig>,
     /// Serve plain HTTP on an address other than loopback. Off by default: without TLS anyone
@@ -217,6 +227,11 @@ impl Config {
         }
         if let Some(dir) = config.recordings_dir.as_mut() {
             rebase(dir);
+        }
+        for policy in &mut config.policies {
+            if let Some(file) = policy.file.as_mut() {
+                rebase(file);
+            }
         }
         if let Some(tls) = config.tls.as_mut() {
             rebase(&mut tls.cert);

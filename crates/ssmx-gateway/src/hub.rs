@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ApiCredential;
+use crate::access::{AccessControl, Arns, Principal};
 use crate::documents::Documents;
 use crate::session::Session;
 use crate::sigv4::{RequestParts, SigV4Error, Verifier};
@@ -45,16 +45,21 @@ pub(crate) struct Settings {
     pub latest_agent_version: String,
 }
 
+impl Settings {
+    /// ARNs in this gateway's region and account.
+    pub fn arns(&self) -> Arns {
+        Arns {
+            region: self.region.clone(),
+            account_id: self.account_id.clone(),
+        }
+    }
+}
+
 /// Who signed an SSM API request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Caller {
-    /// A configured API user.
-    User {
-        /// User name (session id prefix).
-        name: String,
-        /// `arn:aws:iam::<account>:user/<name>`.
-        arn: String,
-    },
+    /// A configured API user, as the policies see it.
+    User(Arc<Principal>),
     /// A registered agent.
     Agent {
         /// Its instance id.
@@ -102,7 +107,8 @@ pub(crate) struct Hub {
     pub verifier: Verifier,
     /// The key service behind the KMS API.
     pub kms: KeyService,
-    api_keys: HashMap<String, ApiCredential>,
+    /// Credentials, users and policies; replaced whole on reload.
+    access: std::sync::RwLock<Arc<AccessControl>>,
     agents: Mutex<HashMap<String, AgentLink>>,
     /// Each agent's clock minus the gateway's, in seconds, from its latest signed request.
     clock_skews: Mutex<HashMap<String, i64>>,
@@ -132,7 +138,7 @@ impl Hub {
         store: Arc<Store>,
         documents: Documents,
         kms: KeyService,
-        credentials: &[ApiCredential],
+        access: AccessControl,
     ) -> Self {
         Self {
             settings,
@@ -140,10 +146,7 @@ impl Hub {
             documents,
             verifier: Verifier::new(),
             kms,
-            api_keys: credentials
-                .iter()
-                .map(|c| (c.access_key_id.clone(), c.clone()))
-                .collect(),
+            access: std::sync::RwLock::new(Arc::new(access)),
             agents: Mutex::new(HashMap::new()),
             clock_skews: Mutex::new(HashMap::new()),
             agents_generation: watch::channel(0).0,
@@ -194,17 +197,22 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The ARN of an API user.
-    pub fn user_arn(&self, user: &str) -> String {
-        format!("arn:aws:iam::{}:user/{user}", self.settings.account_id)
+    /// The credentials, users and policies in force.
+    pub fn access(&self) -> Arc<AccessControl> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts reloaded credentials, users and policies in force for the calls that follow.
+    pub fn replace_access(&self, access: AccessControl) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
     }
 
     /// The ARN of a registered instance.
     pub fn instance_arn(&self, instance_id: &str) -> String {
-        format!(
-            "arn:aws:ssm:{}:{}:managed-instance/{instance_id}",
-            self.settings.region, self.settings.account_id
-        )
+        self.settings.arns().instance(instance_id)
     }
 
     /// Verifies a signature for `service` (`ssm`, `kms` or `ssmmessages`) made with an API key or
@@ -217,12 +225,10 @@ impl Hub {
     ) -> Result<Caller, SigV4Error> {
         let mut caller = None;
         let mut lookup_error = None;
+        let access = self.access();
         let secret_for = |akid: &str| {
-            if let Some(cred) = self.api_keys.get(akid) {
-                caller = Some(Caller::User {
-                    name: cred.user.clone(),
-                    arn: self.user_arn(&cred.user),
-                });
+            if let Some((cred, principal)) = access.credential(akid) {
+                caller = Some(Caller::User(principal.clone()));
                 return Some(cred.secret_access_key.clone());
             }
             match self.store.agent_credential(akid) {

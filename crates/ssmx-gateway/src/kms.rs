@@ -51,7 +51,7 @@ pub(crate) fn handle(
         }
     };
     let principal = match &caller {
-        Caller::User { arn, .. } => arn.clone(),
+        Caller::User(p) => p.arn.clone(),
         Caller::Agent { instance_id } => {
             if let Err(e) = agent_may_decrypt(hub, instance_id, target, body) {
                 tracing::info!(instance = %instance_id, message = %e.message, "KMS request refused");

@@ -60,6 +60,7 @@ use ssmx_kms::KeyService;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::access::AccessControl;
 use crate::config::{ApiCredential, Config, ConfigError, Database};
 use crate::documents::{DocumentLoadError, Documents};
 use crate::hub::{Hub, Settings};
@@ -91,6 +92,9 @@ pub enum GatewayError {
     /// Plain HTTP on a network address without `allow_plaintext_on_network`.
     #[error("refusing to serve plain HTTP on {0}, which is not a loopback address: configure [tls], listen on 127.0.0.1, or set allow_plaintext_on_network = true to accept that signed requests and session tokens cross the network readable and replayable")]
     PlaintextOnNetwork(SocketAddr),
+    /// The users, groups or policies are unusable.
+    #[error(transparent)]
+    Access(#[from] access::AccessConfigError),
     /// The listen address is taken or not allowed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -248,13 +252,14 @@ impl GatewayBuilder {
             .with_region(settings.region.clone())
             .with_account_id(settings.account_id.clone())
             .create_missing_aliases(config.kms.create_missing_aliases);
-        let hub = Arc::new(Hub::new(
-            settings,
-            store.clone(),
-            documents,
-            kms,
+        let access = AccessControl::build(
             &config.credentials,
-        ));
+            &config.users,
+            &config.groups,
+            &config.policies,
+            &settings.arns(),
+        )?;
+        let hub = Arc::new(Hub::new(settings, store.clone(), documents, kms, access));
         if config.credentials.is_empty() {
             warn!("no [[credentials]] configured: no API caller can authenticate");
         }

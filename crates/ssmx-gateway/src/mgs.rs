@@ -119,7 +119,7 @@ fn authenticate_agent(
 ) -> Result<String, MgsError> {
     match authenticate(hub, method, uri, headers, body, single_use)? {
         Caller::Agent { instance_id } => Ok(instance_id),
-        Caller::User { .. } => {
+        Caller::User(_) => {
             info!(
                 path = uri.path(),
                 "MGS agent call signed by an API user refused"
@@ -531,7 +531,7 @@ pub(crate) async fn data_channel_socket(
     let agent = if headers.contains_key(http::header::AUTHORIZATION) {
         match authenticate(&hub, &method, &uri, &headers, &[], false) {
             Ok(Caller::Agent { instance_id }) => Some(instance_id),
-            Ok(Caller::User { .. }) => None,
+            Ok(Caller::User(_)) => None,
             Err(r) => return r.into_response(),
         }
     } else {

@@ -173,6 +173,17 @@ impl Principal {
     /// Checks that this user may perform `action` on `resource`; the refusal is AWS's
     /// AccessDeniedException, logged with user, action and resource.
     pub fn authorize(&self, action: &str, resource: &Resource) -> Result<(), ApiError> {
+        self.authorize_owned(action, resource, false)
+    }
+
+    /// Like [`Principal::authorize`], for a resource that may be the user's own (a session
+    /// they started): their own is allowed unless a policy denies it.
+    pub fn authorize_owned(
+        &self,
+        action: &str,
+        resource: &Resource,
+        own: bool,
+    ) -> Result<(), ApiError> {
         let context = resource.context(self);
         let request = Request {
             action,
@@ -182,6 +193,7 @@ impl Principal {
         let evaluation = self.evaluate(&request);
         match evaluation.decision {
             Decision::Allow => Ok(()),
+            Decision::ImplicitDeny if own => Ok(()),
             decision => Err(self.refusal(action, &resource.arn, decision, &evaluation)),
         }
     }

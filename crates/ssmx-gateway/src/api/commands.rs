@@ -216,7 +216,12 @@ fn target_instances(hub: &Hub, input: &SendCommandInput) -> Result<Vec<String>, 
     Ok(wanted)
 }
 
-pub(super) async fn send_command(hub: &Hub, owner_arn: &str, input: SendCommandInput) -> ApiResult {
+pub(super) async fn send_command(
+    hub: &Hub,
+    principal: &crate::access::Principal,
+    input: SendCommandInput,
+) -> ApiResult {
+    let owner_arn = principal.arn.as_str();
     let document = crate::catalog::command_document(
         &hub.store,
         &hub.documents,
@@ -246,6 +251,11 @@ pub(super) async fn send_command(hub: &Hub, owner_arn: &str, input: SendCommandI
     }
     let parameters = documents::resolve_parameters(&document, &input.parameters)?;
     let instances = target_instances(hub, &input)?;
+    // Every node must be allowed before anything is queued anywhere.
+    principal.authorize("ssm:SendCommand", &super::authorize::document(hub, &document.name)?)?;
+    for instance_id in &instances {
+        principal.authorize("ssm:SendCommand", &super::authorize::instance(hub, instance_id)?)?;
+    }
     let now = SystemTime::now();
     let expires_at =
         now + Duration::from_secs(timeout_seconds + document.execution_timeout(&parameters));

@@ -27,6 +27,7 @@ use crate::store::{
 };
 use crate::tokens::Purpose;
 
+mod authorize;
 mod commands;
 mod documents;
 mod fleet;
@@ -106,6 +107,9 @@ async fn dispatch(
         .map(str::to_owned)
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    if let Caller::User(principal) = &caller {
+        authorize::check(hub, principal, op, body)?;
+    }
     match (op, &caller) {
         ("UpdateInstanceInformation", Caller::Agent { instance_id }) => {
             update_instance_information(hub, instance_id, parse(body)?)
@@ -118,62 +122,62 @@ async fn dispatch(
             ErrorCode::AccessDenied,
             format!("agent credentials may not call {op}"),
         )),
-        ("StartSession", Caller::User { name, arn }) => {
-            start_session(hub, name, arn, &host, parse(body)?).await
+        ("StartSession", Caller::User(p)) => {
+            start_session(hub, p, &host, parse(body)?).await
         }
-        ("ResumeSession", Caller::User { arn, .. }) => resume_session(hub, arn, &host, parse(body)?),
-        ("TerminateSession", Caller::User { arn, .. }) => {
-            terminate_session(hub, arn, parse(body)?).await
+        ("ResumeSession", Caller::User(p)) => resume_session(hub, &p.arn, &host, parse(body)?),
+        ("TerminateSession", Caller::User(p)) => {
+            terminate_session(hub, &p.arn, parse(body)?).await
         }
-        ("DescribeSessions", Caller::User { .. }) => describe_sessions(hub, parse(body)?),
-        ("DescribeInstanceInformation", Caller::User { .. }) => {
+        ("DescribeSessions", Caller::User(_)) => describe_sessions(hub, parse(body)?),
+        ("DescribeInstanceInformation", Caller::User(_)) => {
             describe_instance_information(hub, parse(body)?)
         }
-        ("CreateActivation", Caller::User { arn, .. }) => create_activation(hub, arn, parse(body)?),
-        ("DescribeActivations", Caller::User { .. }) => {
+        ("CreateActivation", Caller::User(p)) => create_activation(hub, &p.arn, parse(body)?),
+        ("DescribeActivations", Caller::User(_)) => {
             fleet::describe_activations(hub, parse(body)?)
         }
-        ("DeleteActivation", Caller::User { arn, .. }) => {
-            fleet::delete_activation(hub, arn, parse(body)?)
+        ("DeleteActivation", Caller::User(p)) => {
+            fleet::delete_activation(hub, &p.arn, parse(body)?)
         }
-        ("DeregisterManagedInstance", Caller::User { arn, .. }) => {
-            fleet::deregister_managed_instance(hub, arn, parse(body)?)
+        ("DeregisterManagedInstance", Caller::User(p)) => {
+            fleet::deregister_managed_instance(hub, &p.arn, parse(body)?)
         }
-        ("GetConnectionStatus", Caller::User { .. }) => {
+        ("GetConnectionStatus", Caller::User(_)) => {
             fleet::get_connection_status(hub, parse(body)?)
         }
-        ("SendCommand", Caller::User { arn, .. }) => {
-            commands::send_command(hub, arn, parse(body)?).await
+        ("SendCommand", Caller::User(p)) => {
+            commands::send_command(hub, p, parse(body)?).await
         }
-        ("ListCommands", Caller::User { .. }) => commands::list_commands(hub, parse(body)?),
-        ("ListCommandInvocations", Caller::User { .. }) => {
+        ("ListCommands", Caller::User(_)) => commands::list_commands(hub, parse(body)?),
+        ("ListCommandInvocations", Caller::User(_)) => {
             commands::list_command_invocations(hub, &base_url(hub, &host), parse(body)?)
         }
-        ("GetCommandInvocation", Caller::User { .. }) => {
+        ("GetCommandInvocation", Caller::User(_)) => {
             commands::get_command_invocation(hub, &base_url(hub, &host), parse(body)?)
         }
-        ("CancelCommand", Caller::User { .. }) => {
+        ("CancelCommand", Caller::User(_)) => {
             commands::cancel_command(hub, parse(body)?).await
         }
-        ("CreateDocument", Caller::User { .. }) => documents::create_document(hub, parse(body)?),
-        ("GetDocument", Caller::User { .. }) => documents::get_document(hub, parse(body)?),
-        ("DescribeDocument", Caller::User { .. }) => {
+        ("CreateDocument", Caller::User(_)) => documents::create_document(hub, parse(body)?),
+        ("GetDocument", Caller::User(_)) => documents::get_document(hub, parse(body)?),
+        ("DescribeDocument", Caller::User(_)) => {
             documents::describe_document(hub, parse(body)?)
         }
-        ("ListDocuments", Caller::User { .. }) => documents::list_documents(hub, parse(body)?),
-        ("UpdateDocument", Caller::User { .. }) => documents::update_document(hub, parse(body)?),
-        ("UpdateDocumentDefaultVersion", Caller::User { .. }) => {
+        ("ListDocuments", Caller::User(_)) => documents::list_documents(hub, parse(body)?),
+        ("UpdateDocument", Caller::User(_)) => documents::update_document(hub, parse(body)?),
+        ("UpdateDocumentDefaultVersion", Caller::User(_)) => {
             documents::update_document_default_version(hub, parse(body)?)
         }
-        ("DeleteDocument", Caller::User { .. }) => documents::delete_document(hub, parse(body)?),
-        ("AddTagsToResource", Caller::User { .. }) => tags::add_tags_to_resource(hub, parse(body)?),
-        ("RemoveTagsFromResource", Caller::User { .. }) => {
+        ("DeleteDocument", Caller::User(_)) => documents::delete_document(hub, parse(body)?),
+        ("AddTagsToResource", Caller::User(_)) => tags::add_tags_to_resource(hub, parse(body)?),
+        ("RemoveTagsFromResource", Caller::User(_)) => {
             tags::remove_tags_from_resource(hub, parse(body)?)
         }
-        ("ListTagsForResource", Caller::User { .. }) => {
+        ("ListTagsForResource", Caller::User(_)) => {
             tags::list_tags_for_resource(hub, parse(body)?)
         }
-        ("UpdateInstanceInformation", Caller::User { .. }) => Err(ApiError::new(
+        ("UpdateInstanceInformation", Caller::User(_)) => Err(ApiError::new(
             ErrorCode::AccessDenied,
             "UpdateInstanceInformation is for agent credentials",
         )),
@@ -227,6 +231,38 @@ struct StartSessionInput {
     parameters: BTreeMap<String, Vec<String>>,
 }
 
+/// StartSession is allowed on the target, and on the document when one is named; the default
+/// document is checked too when the statement allowing the target asks for it with
+/// `ssm:SessionDocumentAccessCheck` (as AWS does).
+fn authorize_session_start(
+    hub: &Hub,
+    principal: &crate::access::Principal,
+    target: &str,
+    named_document: Option<&str>,
+    document: &str,
+) -> Result<(), ApiError> {
+    const ACTION: &str = "ssm:StartSession";
+    let instance = authorize::instance(hub, target)?;
+    principal.authorize(ACTION, &instance)?;
+    let check_document = named_document.is_some() || {
+        let context = principal.context();
+        let request = crate::access::policy::Request {
+            action: ACTION,
+            resource: &instance.arn,
+            context: &context,
+        };
+        principal
+            .evaluate(&request)
+            .allowed_by
+            .iter()
+            .any(|s| s.asks_document_check())
+    };
+    if check_document {
+        principal.authorize(ACTION, &authorize::document(hub, named_document.unwrap_or(document))?)?;
+    }
+    Ok(())
+}
+
 /// The gateway's base URL as callers reach it: `public_url`, else the scheme and the `Host` the
 /// request came to.
 fn base_url(hub: &Hub, host: &str) -> String {
@@ -250,11 +286,11 @@ fn stream_url(hub: &Hub, host: &str, session_id: &str) -> String {
 
 async fn start_session(
     hub: &Arc<Hub>,
-    user: &str,
-    owner_arn: &str,
+    principal: &crate::access::Principal,
     host: &str,
     input: StartSessionInput,
 ) -> ApiResult {
+    let (user, owner_arn) = (principal.name.as_str(), principal.arn.as_str());
     let target = input
         .target
         .ok_or_else(|| validation("Target is required"))?;
@@ -275,6 +311,7 @@ async fn start_session(
         input.document_name.as_deref(),
         &input.parameters,
     )?;
+    authorize_session_start(hub, principal, &target, input.document_name.as_deref(), &prepared.name)?;
     if hub.store.instance(&target)?.is_none() || !hub.agent_online(&target) {
         return Err(ApiError::new(
             ErrorCode::TargetNotConnected,
@@ -287,7 +324,7 @@ async fn start_session(
         document_name: prepared.name.clone(),
         document_content: prepared.content.clone(),
         parameters: prepared.parameters.clone(),
-        run_as_user: String::new(),
+        run_as_user: principal.run_as().unwrap_or_default().to_owned(),
         session_owner: owner_arn.to_owned(),
     };
     let is_port = prepared.content.session_type == ssmx_protocol::payload::session_type::PORT;
@@ -393,12 +430,6 @@ fn resume_session(hub: &Hub, owner_arn: &str, host: &str, input: SessionIdInput)
     let id = session_id_of(input)?;
     match hub.session(&id).filter(|s| !s.is_ended()) {
         Some(session) => {
-            if session.owner_arn != owner_arn {
-                return Err(ApiError::new(
-                    ErrorCode::AccessDenied,
-                    format!("session {id} belongs to another user"),
-                ));
-            }
             let token = hub.tokens().issue(
                 Purpose::ClientData {
                     session_id: id.clone(),
@@ -429,12 +460,6 @@ async fn terminate_session(hub: &Hub, owner_arn: &str, input: SessionIdInput) ->
     let id = session_id_of(input)?;
     match hub.session(&id) {
         Some(session) => {
-            if session.owner_arn != owner_arn {
-                return Err(ApiError::new(
-                    ErrorCode::AccessDenied,
-                    format!("session {id} belongs to another user"),
-                ));
-            }
             hub.store
                 .audit(owner_arn, "TerminateSession", &session.target, &id, "")?;
             let (done, wait) = tokio::sync::oneshot::channel();
