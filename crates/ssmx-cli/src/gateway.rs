@@ -43,6 +43,9 @@ pub enum GatewayCommand {
     /// Manage registered instances (through the running gateway's API).
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Check access policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Play a recorded shell session back with its original timing.
     Replay {
         /// The session id.
@@ -99,6 +102,33 @@ pub enum ActivationCommand {
     },
 }
 
+/// `ssmx gateway policy` subcommands.
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Say whether a user may perform an action on a resource, and which statement of which
+    /// policy decides, as IAM's policy simulator does. Exits 0 when allowed, 1 when denied.
+    #[command(
+        after_help = "Example:\n  ssmx gateway policy check --config gateway.toml --user alice \\\n    --action ssm:StartSession \\\n    --resource arn:aws:ssm:us-east-1:000000000000:managed-instance/mi-0123456789abcdef0 \\\n    --context ssm:resourceTag/env=prod"
+    )]
+    Check {
+        /// Configuration file (TOML) with the users, groups and policies.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The action, e.g. ssm:StartSession.
+        #[arg(long)]
+        action: String,
+        /// The resource's ARN (`*` for operations without resource-level permissions).
+        #[arg(long, default_value = "*")]
+        resource: String,
+        /// A condition key of the request, e.g. ssm:resourceTag/env=prod (repeatable).
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+    },
+}
+
 /// `ssmx gateway instance` subcommands.
 #[derive(clap::Subcommand)]
 pub enum InstanceCommand {
@@ -133,7 +163,8 @@ pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Res
             ready_file,
         } => {
             ssmx_gateway::keep_relay_memory();
-            let config = load_config(config.as_deref())?;
+            let config_path = config;
+            let config = load_config(config_path.as_deref())?;
             let database = database(&config, db.as_deref())?;
             let mut builder = Gateway::builder().config(config).database(database);
             if let Some(listen) = listen {
@@ -145,10 +176,17 @@ pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Res
                 std::fs::write(&path, gateway.url())
                     .with_context(|| format!("cannot write the ready file {}", path.display()))?;
             }
-            wait_for_signal().await?;
+            serve_until_stopped(&gateway, config_path.as_deref()).await?;
             gateway.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+        GatewayCommand::Policy(PolicyCommand::Check {
+            config,
+            user,
+            action,
+            resource,
+            context,
+        }) => policy_check(&config, &user, &action, &resource, &context),
         GatewayCommand::Activation(ActivationCommand::Create {
             config,
             db,
@@ -291,6 +329,87 @@ async fn list_activations(ssm: &aws_sdk_ssm::Client, json: bool) -> anyhow::Resu
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy_check(
+    config: &Path,
+    user: &str,
+    action: &str,
+    resource: &str,
+    context: &[String],
+) -> anyhow::Result<ExitCode> {
+    use ssmx_gateway::access::describe_statement;
+    use ssmx_gateway::access::policy::{Decision, Request};
+    let access = Config::load(config)?.access_control()?;
+    let principal = access.principal(user).with_context(|| {
+        format!(
+            "user {user:?} is in neither [[users]] nor [[credentials]] of {}",
+            config.display()
+        )
+    })?;
+    let mut keys = principal.context();
+    for pair in context {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--context {pair:?} must be KEY=VALUE"))?;
+        keys.insert(key, value);
+    }
+    let request = Request {
+        action,
+        resource,
+        context: &keys,
+    };
+    let evaluation = principal.evaluate(&request);
+    match (evaluation.decision, evaluation.statement) {
+        (Decision::Allow, Some((policy, statement))) => {
+            println!(
+                "allowed: {} allows {action} on {resource}",
+                describe_statement(policy, statement)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (Decision::ExplicitDeny, Some((policy, statement))) => {
+            println!(
+                "denied: {} denies {action} on {resource} (explicit deny)",
+                describe_statement(policy, statement)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            println!("denied: no statement of {user}'s policies allows {action} on {resource} (implicit deny)");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; on SIGHUP re-reads the configuration file and reloads the
+/// credentials, users and policies (an invalid file is reported and changes nothing).
+#[cfg(unix)]
+async fn serve_until_stopped(gateway: &Gateway, config_path: Option<&Path>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => return r,
+            _ = hangup.recv() => {
+                let Some(path) = config_path else {
+                    tracing::warn!("SIGHUP ignored: the gateway was started without --config");
+                    continue;
+                };
+                match Config::load(path).map_err(anyhow::Error::from).and_then(|c| Ok(gateway.reload_access(&c)?)) {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "configuration not reloaded; the previous one stays in force"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn serve_until_stopped(_: &Gateway, _: Option<&Path>) -> anyhow::Result<()> {
+    wait_for_signal().await
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -354,6 +354,27 @@ impl Config {
     pub fn region(&self) -> &str {
         self.region.as_deref().unwrap_or(DEFAULT_REGION)
     }
+
+    /// The account id, or the default.
+    pub fn account_id(&self) -> &str {
+        self.account_id.as_deref().unwrap_or(DEFAULT_ACCOUNT_ID)
+    }
+
+    /// The credentials, users, groups and policies resolved for checking calls.
+    pub fn access_control(
+        &self,
+    ) -> Result<crate::access::AccessControl, crate::access::AccessConfigError> {
+        crate::access::AccessControl::build(
+            &self.credentials,
+            &self.users,
+            &self.groups,
+            &self.policies,
+            &crate::access::Arns {
+                region: self.region().to_owned(),
+                account_id: self.account_id().to_owned(),
+            },
+        )
+    }
 }
 
 /// True for names usable as session-id prefixes: URL-safe and short.

@@ -60,7 +60,6 @@ use ssmx_kms::KeyService;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::access::AccessControl;
 use crate::config::{ApiCredential, Config, ConfigError, Database};
 use crate::documents::{DocumentLoadError, Documents};
 use crate::hub::{Hub, Settings};
@@ -232,10 +231,7 @@ impl GatewayBuilder {
         };
         let settings = Settings {
             region: config.region().to_owned(),
-            account_id: config
-                .account_id
-                .clone()
-                .unwrap_or_else(|| config::DEFAULT_ACCOUNT_ID.to_owned()),
+            account_id: config.account_id().to_owned(),
             public_url: config.public_url.clone(),
             tls: acceptor.is_some(),
             recordings_dir: recordings_dir.clone(),
@@ -252,13 +248,7 @@ impl GatewayBuilder {
             .with_region(settings.region.clone())
             .with_account_id(settings.account_id.clone())
             .create_missing_aliases(config.kms.create_missing_aliases);
-        let access = AccessControl::build(
-            &config.credentials,
-            &config.users,
-            &config.groups,
-            &config.policies,
-            &settings.arns(),
-        )?;
+        let access = config.access_control()?;
         let hub = Arc::new(Hub::new(settings, store.clone(), documents, kms, access));
         if config.credentials.is_empty() {
             warn!("no [[credentials]] configured: no API caller can authenticate");
@@ -333,6 +323,19 @@ impl Gateway {
     /// The state store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Puts the credentials, users, groups and policies of `config` in force for the calls that
+    /// follow (the rest of the configuration needs a restart). Nothing changes when they are
+    /// invalid.
+    pub fn reload_access(&self, config: &Config) -> Result<(), GatewayError> {
+        self.hub.replace_access(config.access_control()?);
+        info!(
+            users = config.users.len(),
+            policies = config.policies.len(),
+            "credentials, users and policies reloaded"
+        );
+        Ok(())
     }
 
     /// Creates an activation agents can register with.

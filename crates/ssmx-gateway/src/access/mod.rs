@@ -2,7 +2,8 @@
 //! into one [`Principal`] per user, and the checks every operation makes against them.
 //!
 //! A configuration without `[[users]]` and `[[groups]]` is a first run: every credential's user
-//! gets the built-in `AdministratorAccess` policy. Once users are configured, a user has exactly
+//! gets the built-in `FirstRunAccess` policy, everything but resuming and terminating other
+//! users' sessions. Once users are configured, a user has exactly
 //! the policies attached to it and to its groups, and a credential whose user is not listed may
 //! do nothing.
 
@@ -21,6 +22,9 @@ use policy::{Context, Decision, Policy, PolicyError, Request, Statement};
 
 /// Name of the built-in policy that allows everything.
 pub const ADMINISTRATOR_POLICY: &str = "AdministratorAccess";
+/// Name of the policy of every user on a first run: everything but resuming and terminating
+/// other users' sessions (their own they always may).
+pub const FIRST_RUN_POLICY: &str = "FirstRunAccess";
 /// The user tag naming the OS user a user's sessions run as, as on AWS.
 pub const RUN_AS_TAG: &str = "SSMSessionRunAs";
 
@@ -356,6 +360,13 @@ impl AccessControl {
         let invalid = |m: String| AccessConfigError::Invalid(m);
         let mut documents: HashMap<&str, Arc<Policy>> = HashMap::new();
         documents.insert(ADMINISTRATOR_POLICY, Arc::new(Policy::administrator()));
+        documents.insert(
+            FIRST_RUN_POLICY,
+            Arc::new(Policy::allow_all_but(&[
+                "ssm:ResumeSession",
+                "ssm:TerminateSession",
+            ])),
+        );
         for p in policies {
             let text = match (&p.document, &p.file) {
                 (Some(text), None) => text.clone(),
@@ -441,8 +452,8 @@ impl AccessControl {
                     run_as: None,
                     policies: if first_run {
                         vec![(
-                            ADMINISTRATOR_POLICY.to_owned(),
-                            documents[ADMINISTRATOR_POLICY].clone(),
+                            FIRST_RUN_POLICY.to_owned(),
+                            documents[FIRST_RUN_POLICY].clone(),
                         )]
                     } else {
                         Vec::new()
@@ -499,11 +510,18 @@ mod tests {
     }
 
     #[test]
-    fn first_run_makes_every_credential_an_administrator() {
+    fn first_run_allows_all_but_other_users_sessions() {
         let access = AccessControl::build(&[cred("a")], &[], &[], &[], &arns()).unwrap();
         let (_, principal) = access.credential("AKIDa").unwrap();
         principal
-            .authorize("ssm:TerminateSession", &Resource::any())
+            .authorize("ssm:SendCommand", &resource("prod"))
+            .unwrap();
+        let session = Resource::untagged(arns().session("b-0a"));
+        assert!(principal
+            .authorize("ssm:TerminateSession", &session)
+            .is_err());
+        principal
+            .authorize_owned("ssm:TerminateSession", &session, true)
             .unwrap();
     }
 

@@ -228,15 +228,21 @@ impl Policy {
 
     /// A policy allowing every action on every resource.
     pub fn administrator() -> Self {
+        Self::allow_all_but(&[])
+    }
+
+    /// A policy allowing every action on every resource except `actions`.
+    pub fn allow_all_but(actions: &[&str]) -> Self {
+        let (patterns, negated) = match actions {
+            [] => (vec!["*".to_owned()], false),
+            some => (some.iter().map(|a| a.to_string()).collect(), true),
+        };
         Policy {
             statements: vec![Statement {
-                sid: Some("AdministratorAccess".into()),
+                sid: None,
                 index: 0,
                 effect: Effect::Allow,
-                actions: Patterns {
-                    patterns: vec!["*".into()],
-                    negated: false,
-                },
+                actions: Patterns { patterns, negated },
                 resources: Patterns {
                     patterns: vec!["*".into()],
                     negated: false,

@@ -33,8 +33,12 @@ pub(super) fn check(
             Some(id) => instance(hub, &id)?,
             None => Resource::any(),
         },
-        "CreateDocument" | "GetDocument" | "DescribeDocument" | "UpdateDocument"
-        | "UpdateDocumentDefaultVersion" | "DeleteDocument" => match text("Name") {
+        "CreateDocument"
+        | "GetDocument"
+        | "DescribeDocument"
+        | "UpdateDocument"
+        | "UpdateDocumentDefaultVersion"
+        | "DeleteDocument" => match text("Name") {
             Some(name) => document(hub, &name)?,
             None => Resource::any(),
         },
@@ -65,9 +69,12 @@ fn check_session(
         Some(live) => Some(live.owner_arn.clone()),
         None => hub.store.session(session_id)?.map(|s| s.owner),
     };
+    // An unknown session guards nothing: the handler says it does not exist.
+    let Some(owner) = owner else {
+        return Ok(());
+    };
     let resource = Resource::untagged(hub.settings.arns().session(session_id));
-    let own = owner.as_deref() == Some(principal.arn.as_str());
-    principal.authorize_owned(action, &resource, own)
+    principal.authorize_owned(action, &resource, owner == principal.arn)
 }
 
 /// An instance with its tags.

@@ -252,9 +252,15 @@ pub(super) async fn send_command(
     let parameters = documents::resolve_parameters(&document, &input.parameters)?;
     let instances = target_instances(hub, &input)?;
     // Every node must be allowed before anything is queued anywhere.
-    principal.authorize("ssm:SendCommand", &super::authorize::document(hub, &document.name)?)?;
+    principal.authorize(
+        "ssm:SendCommand",
+        &super::authorize::document(hub, &document.name)?,
+    )?;
     for instance_id in &instances {
-        principal.authorize("ssm:SendCommand", &super::authorize::instance(hub, instance_id)?)?;
+        principal.authorize(
+            "ssm:SendCommand",
+            &super::authorize::instance(hub, instance_id)?,
+        )?;
     }
     let now = SystemTime::now();
     let expires_at =

@@ -258,7 +258,10 @@ fn authorize_session_start(
             .any(|s| s.asks_document_check())
     };
     if check_document {
-        principal.authorize(ACTION, &authorize::document(hub, named_document.unwrap_or(document))?)?;
+        principal.authorize(
+            ACTION,
+            &authorize::document(hub, named_document.unwrap_or(document))?,
+        )?;
     }
     Ok(())
 }
@@ -311,7 +314,13 @@ async fn start_session(
         input.document_name.as_deref(),
         &input.parameters,
     )?;
-    authorize_session_start(hub, principal, &target, input.document_name.as_deref(), &prepared.name)?;
+    authorize_session_start(
+        hub,
+        principal,
+        &target,
+        input.document_name.as_deref(),
+        &prepared.name,
+    )?;
     if hub.store.instance(&target)?.is_none() || !hub.agent_online(&target) {
         return Err(ApiError::new(
             ErrorCode::TargetNotConnected,
