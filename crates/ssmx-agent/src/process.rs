@@ -88,14 +88,14 @@ pub(crate) fn resolve_session_user(requested: Option<&str>) -> Result<SessionUse
             switch_to: None,
         });
     };
+    let user = User::from_name(name)
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("cannot run the session as {name:?}: no such user on this host"))?;
     if !nix::unistd::geteuid().is_root() {
         return Err(format!(
             "cannot run the session as {name:?}: the agent is not running as root"
         ));
     }
-    let user = User::from_name(name)
-        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
-        .ok_or_else(|| format!("user {name:?} does not exist on this host"))?;
     let c_name = CString::new(name).map_err(|_| format!("invalid user name {name:?}"))?;
     let groups = nix::unistd::getgrouplist(&c_name, user.gid)
         .map_err(|e| format!("cannot read the groups of {name:?}: {e}"))?;

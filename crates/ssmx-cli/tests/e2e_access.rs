@@ -183,3 +183,52 @@ fn sessions_and_commands_follow_the_users_policies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sessions_run_as_the_users_ssm_session_run_as_tag() {
+    let run_as_doc = serde_json::json!({
+        "schemaVersion": "1.0", "sessionType": "InteractiveCommands",
+        "inputs": {"runAsEnabled": true, "runAsDefaultUser": "root"},
+        "properties": {"linux": {"commands": "echo \"user=$(id -un)\""}}
+    });
+    let users = r#"
+[[credentials]]
+access_key_id = "AKIASSMXE2ERUNASUSR1"
+secret_access_key = "runner-secret"
+user = "runner"
+
+[[users]]
+name = "tester"
+policies = ["AdministratorAccess"]
+
+[[users]]
+name = "runner"
+policies = ["AdministratorAccess"]
+tags = { SSMSessionRunAs = "nobody" }
+"#;
+    let stack = Stack::start_with(&[("Test-RunAs", run_as_doc)], users);
+    if !nix::unistd::geteuid().is_root() {
+        // Switching users needs a root agent.
+        return;
+    }
+    let args = [
+        "ssm",
+        "start-session",
+        "--target",
+        &stack.instance_id,
+        "--document-name",
+        "Test-RunAs",
+    ];
+    let runner = as_user(&stack, "AKIASSMXE2ERUNASUSR1", "runner-secret", &args);
+    let stdout = String::from_utf8_lossy(&runner.stdout);
+    assert!(stdout.contains("user=nobody"), "{stdout}\n{}", stack.logs());
+    // The administrator has no tag: the document's default applies.
+    let tester = stack
+        .aws()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tester.stdout);
+    assert!(stdout.contains("user=root"), "{stdout}\n{}", stack.logs());
+}
