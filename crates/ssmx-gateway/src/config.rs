@@ -160,8 +160,8 @@ pub struct Config {
     /// Access keys accepted on the SSM API.
     #[serde(default)]
     pub credentials: Vec<ApiCredential>,
-    /// Users, with their groups, policies and tags (none: every credential is an
-    /// administrator).
+    /// Users, with their groups, policies and tags (none, and no groups: every credential has
+    /// the built-in `FirstRunAccess`, everything but other users' sessions).
     #[serde(default)]
     pub users: Vec<crate::access::UserConfig>,
     /// Groups of users and their policies.

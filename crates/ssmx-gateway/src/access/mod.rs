@@ -177,7 +177,7 @@ impl Principal {
     /// Checks that this user may perform `action` on `resource`; the refusal is AWS's
     /// AccessDeniedException, logged with user, action and resource.
     pub fn authorize(&self, action: &str, resource: &Resource) -> Result<(), ApiError> {
-        self.authorize_owned(action, resource, false)
+        self.decide(action, resource, false).map(drop)
     }
 
     /// Like [`Principal::authorize`], for a resource that may be the user's own (a session
@@ -188,6 +188,17 @@ impl Principal {
         resource: &Resource,
         own: bool,
     ) -> Result<(), ApiError> {
+        self.decide(action, resource, own).map(drop)
+    }
+
+    /// The check behind [`Principal::authorize`] and [`Principal::authorize_owned`]: on success,
+    /// the evaluation (which statements allowed it).
+    pub fn decide(
+        &self,
+        action: &str,
+        resource: &Resource,
+        own: bool,
+    ) -> Result<Evaluation<'_>, ApiError> {
         let context = resource.context(self);
         let request = Request {
             action,
@@ -196,14 +207,14 @@ impl Principal {
         };
         let evaluation = self.evaluate(&request);
         match evaluation.decision {
-            Decision::Allow => Ok(()),
-            Decision::ImplicitDeny if own => Ok(()),
+            Decision::Allow => Ok(evaluation),
+            Decision::ImplicitDeny if own => Ok(evaluation),
             decision => Err(self.refusal(action, &resource.arn, decision, &evaluation)),
         }
     }
 
     /// The AccessDeniedException for a refused request, logged.
-    pub fn refusal(
+    fn refusal(
         &self,
         action: &str,
         resource: &str,
@@ -583,6 +594,34 @@ mod tests {
         let stranger = &access.credential("AKIDstranger").unwrap().1;
         assert!(stranger
             .authorize("ssm:DescribeSessions", &Resource::any())
+            .is_err());
+    }
+
+    #[test]
+    fn decide_reports_the_allowing_statements_under_the_resources_tags() {
+        let policies = [PolicyConfig {
+            name: "dev-check".into(),
+            document: Some(
+                r#"{"Statement":{"Effect":"Allow","Action":"ssm:StartSession","Resource":"*",
+                    "Condition":{"StringEquals":{"ssm:resourceTag/env":"dev"},
+                                 "BoolIfExists":{"ssm:SessionDocumentAccessCheck":"true"}}}}"#
+                    .into(),
+            ),
+            file: None,
+        }];
+        let users = [UserConfig {
+            name: "dev".into(),
+            policies: vec!["dev-check".into()],
+            ..Default::default()
+        }];
+        let access = AccessControl::build(&[cred("dev")], &users, &[], &policies, &arns()).unwrap();
+        let dev = access.principal("dev").unwrap();
+        let allowed = dev
+            .decide("ssm:StartSession", &resource("dev"), false)
+            .unwrap();
+        assert!(allowed.allowed_by.iter().any(|s| s.asks_document_check()));
+        assert!(dev
+            .decide("ssm:StartSession", &resource("prod"), false)
             .is_err());
     }
 

@@ -242,21 +242,9 @@ fn authorize_session_start(
     document: &str,
 ) -> Result<(), ApiError> {
     const ACTION: &str = "ssm:StartSession";
-    let instance = authorize::instance(hub, target)?;
-    principal.authorize(ACTION, &instance)?;
-    let check_document = named_document.is_some() || {
-        let context = principal.context();
-        let request = crate::access::policy::Request {
-            action: ACTION,
-            resource: &instance.arn,
-            context: &context,
-        };
-        principal
-            .evaluate(&request)
-            .allowed_by
-            .iter()
-            .any(|s| s.asks_document_check())
-    };
+    let allowed = principal.decide(ACTION, &authorize::instance(hub, target)?, false)?;
+    let check_document =
+        named_document.is_some() || allowed.allowed_by.iter().any(|s| s.asks_document_check());
     if check_document {
         principal.authorize(
             ACTION,
