@@ -9,15 +9,17 @@ const FILTER_ENV_VAR: &str = "SSMX_LOG";
 const OWN_TARGETS: &[&str] = &["ssmx", "session_manager_plugin"];
 
 /// Starts logging to stderr with the directives in `SSMX_LOG`, or else by `verbose`: 0 shows
-/// this project's warnings and other crates' errors only (their warnings, such as the AWS SDK's
-/// about a missing config file, mean nothing to a user of the session); 1, 2 and 3 show every
-/// crate's info, debug and trace messages.
-pub fn init(verbose: u8) {
+/// this project's warnings (its info messages too for a `service`, the gateway or agent, whose
+/// log is its operator's record) and other crates' errors only (their warnings, such as the
+/// AWS SDK's about a missing config file, mean nothing to a user of the session); 1, 2 and 3
+/// show every crate's info, debug and trace messages.
+pub fn init(verbose: u8, service: bool) {
+    let own_level = if service { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env(FILTER_ENV_VAR).unwrap_or_else(|_| {
         EnvFilter::new(match verbose {
-            0 => OWN_TARGETS
-                .iter()
-                .fold("error".to_owned(), |d, target| format!("{d},{target}=warn")),
+            0 => OWN_TARGETS.iter().fold("error".to_owned(), |d, target| {
+                format!("{d},{target}={own_level}")
+            }),
             1 => "info".to_owned(),
             2 => "debug".to_owned(),
             _ => "trace".to_owned(),

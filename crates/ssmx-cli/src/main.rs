@@ -73,7 +73,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.global.verbose);
+    let service = matches!(
+        cli.command,
+        Command::Gateway(gateway::GatewayCommand::Run { .. })
+            | Command::Agent(agent::AgentCommand::Run(_))
+    );
+    logging::init(cli.global.verbose, service);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Output, Stdio};
 
-use common::Stack;
+use common::{wait_for, Stack};
 
 /// `tester` (the stack's own credential) administers; `dev` may start sessions and send
 /// commands on nodes tagged env=dev only; `auditor` may only look.
@@ -230,4 +230,217 @@ tags = { SSMSessionRunAs = "nobody" }
         .unwrap();
     let stdout = String::from_utf8_lossy(&tester.stdout);
     assert!(stdout.contains("user=root"), "{stdout}\n{}", stack.logs());
+}
+
+/// `alice` operates dev nodes and may read command output and use KMS data keys; `bob` may
+/// only look until the reload gives him dev nodes too (and takes alice's group away).
+const BOTO3_USERS: &str = r#"
+[[credentials]]
+access_key_id = "AKIASSMXE2EALICE0001"
+secret_access_key = "alice-secret"
+user = "alice"
+
+[[credentials]]
+access_key_id = "AKIASSMXE2EBOB000001"
+secret_access_key = "bob-secret"
+user = "bob"
+
+[[users]]
+name = "tester"
+policies = ["AdministratorAccess"]
+
+[[users]]
+name = "alice"
+groups = ["operators"]
+
+[[users]]
+name = "bob"
+policies = ["observer"]
+
+[[groups]]
+name = "operators"
+policies = ["dev-sessions", "output-and-keys"]
+
+[[policies]]
+name = "dev-sessions"
+document = '''
+{"Statement": [
+  {"Effect": "Allow", "Action": "ssm:StartSession",
+   "Resource": "arn:aws:ssm:*:*:managed-instance/*",
+   "Condition": {"StringEquals": {"ssm:resourceTag/env": "dev"}}},
+  {"Effect": "Allow", "Action": "ssm:StartSession",
+   "Resource": "arn:aws:ssm:*::document/AWS-StartPortForwardingSession"}]}
+'''
+
+[[policies]]
+name = "output-and-keys"
+document = '''
+{"Statement": [
+  {"Effect": "Allow", "Action": ["ssm:GetCommandInvocation", "kms:GenerateDataKey", "kms:Decrypt"],
+   "Resource": "*"}]}
+'''
+
+[[policies]]
+name = "observer"
+document = '''
+{"Statement": {"Effect": "Allow", "Action": "ssm:Describe*", "Resource": "*"}}
+'''
+"#;
+
+/// What the boto3 scripts share: clients per user, an AccessDenied expectation, and SigV4-signed
+/// raw requests (a WebSocket upgrade, a GET of a command's output).
+const BOTO3_PRELUDE: &str = r#"
+import http.client, json, sys, time, urllib.parse
+import boto3, botocore
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+url, region, instance = sys.argv[1:4]
+KEYS = {"alice": ("AKIASSMXE2EALICE0001", "alice-secret"),
+        "bob": ("AKIASSMXE2EBOB000001", "bob-secret")}
+
+def client(service, user):
+    key, secret = KEYS[user]
+    return boto3.client(service, endpoint_url=url, region_name=region,
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+
+def denied(call, **kwargs):
+    try:
+        call(**kwargs)
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "AccessDeniedException", e.response
+        return e.response["Error"]["Message"]
+    raise AssertionError(f"{call.__name__} {kwargs} was allowed")
+
+def signed(user, service, target_url, headers=None):
+    """Sends a GET signed by `user` (SigV4 over host and date); its status and body."""
+    http_url = target_url.replace("wss://", "https://").replace("ws://", "http://")
+    request = AWSRequest(method="GET", url=http_url)
+    SigV4Auth(Credentials(*KEYS[user]), service, region).add_auth(request)
+    parts = urllib.parse.urlsplit(http_url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    path = parts.path + ("?" + parts.query if parts.query else "")
+    conn.request("GET", path, headers={**dict(request.headers.items()), **(headers or {})})
+    response = conn.getresponse()
+    body = b"" if response.status == 101 else response.read()
+    conn.close()
+    return response.status, body
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
+           "Sec-WebSocket-Key": "c3NteC1hY2Nlc3MtdGVzdA==", "Sec-WebSocket-Version": "13"}
+PORT_FORWARDING = {"Target": instance, "DocumentName": "AWS-StartPortForwardingSession",
+                   "Parameters": {"portNumber": ["22"], "localPortNumber": ["0"]}}
+"#;
+
+/// Before the reload: sessions by tag, signed upgrades, terminating another user's session,
+/// KMS and command output per user.
+const BOTO3_BEFORE_RELOAD: &str = r#"
+other, output_url = sys.argv[4:6]
+alice, bob = client("ssm", "alice"), client("ssm", "bob")
+admin = boto3.client("ssm", endpoint_url=url, region_name=region)
+
+# By tag: alice on the dev node, not on the other one; bob on neither.
+session = alice.start_session(**PORT_FORWARDING)
+message = denied(alice.start_session, **{**PORT_FORWARDING, "Target": other})
+assert f"ssm:StartSession on resource: arn:aws:ssm:{region}:000000000000:managed-instance/{other}" in message, message
+denied(bob.start_session, **PORT_FORWARDING)
+
+# A signed upgrade: alice's own is let through, bob's (with alice's token in hand) is refused.
+status, _ = signed("alice", "ssmmessages", session["StreamUrl"], UPGRADE)
+assert status == 101, status
+status, body = signed("bob", "ssmmessages", session["StreamUrl"], UPGRADE)
+assert status == 403 and b"AccessDeniedException" in body, (status, body)
+
+# Terminating: bob may not end alice's session; alice ends her own; the administrator anyone's.
+denied(bob.terminate_session, SessionId=session["SessionId"])
+alice.terminate_session(SessionId=session["SessionId"])
+second = alice.start_session(**PORT_FORWARDING)
+admin.terminate_session(SessionId=second["SessionId"])
+assert admin.describe_sessions(State="History")["Sessions"], "terminated sessions are in the history"
+
+# KMS: alice may make data keys and decrypt them; bob may not; ListKeys is allowed to nobody.
+kms = client("kms", "alice")
+key = kms.generate_data_key(KeyId="alias/ssmx-access-test", NumberOfBytes=32,
+                            EncryptionContext={"purpose": "test"})
+kms.decrypt(CiphertextBlob=key["CiphertextBlob"], EncryptionContext={"purpose": "test"})
+message = denied(client("kms", "bob").generate_data_key, KeyId="alias/ssmx-access-test",
+                 NumberOfBytes=32)
+assert "kms:GenerateDataKey" in message, message
+denied(kms.list_keys)
+
+# Command output: read by alice, refused to bob.
+status, body = signed("alice", "ssm", output_url)
+assert status == 200 and b"output-for-alice" in body, (status, body)
+status, body = signed("bob", "ssm", output_url)
+assert status == 400 and b"AccessDeniedException" in body, (status, body)
+print("boto3-ok")
+"#;
+
+/// After the reload: bob has dev sessions, alice has lost hers.
+const BOTO3_AFTER_RELOAD: &str = r#"
+alice, bob = client("ssm", "alice"), client("ssm", "bob")
+session = bob.start_session(**PORT_FORWARDING)
+bob.terminate_session(SessionId=session["SessionId"])
+denied(alice.start_session, **PORT_FORWARDING)
+print("boto3-ok")
+"#;
+
+#[test]
+fn boto3_users_sessions_keys_output_and_a_policy_reload() {
+    let mut stack = Stack::start_with(&[], BOTO3_USERS);
+    let other_node = stack.add_agent();
+    stack.aws_json(&[
+        "ssm",
+        "add-tags-to-resource",
+        "--resource-type",
+        "ManagedInstance",
+        "--resource-id",
+        &stack.instance_id,
+        "--tags",
+        "Key=env,Value=dev",
+    ]);
+    let sent = stack.aws_json(&[
+        "ssm",
+        "send-command",
+        "--document-name",
+        "AWS-RunShellScript",
+        "--instance-ids",
+        &stack.instance_id,
+        "--parameters",
+        "commands=echo output-for-alice",
+    ]);
+    let command_id = sent["Command"]["CommandId"].as_str().unwrap().to_owned();
+    let invocation = wait_for(
+        || {
+            let out = stack
+                .aws()
+                .args(["ssm", "get-command-invocation", "--output", "json"])
+                .args(["--command-id", &command_id, "--instance-id"])
+                .arg(&stack.instance_id)
+                .output()
+                .unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (value["Status"] == "Success").then_some(value)
+        },
+        "the command to succeed",
+    );
+    let output_url = invocation["StandardOutputUrl"].as_str().unwrap();
+    assert!(!output_url.is_empty(), "{invocation}");
+
+    let script = |body: &str| format!("{BOTO3_PRELUDE}{body}");
+    stack.run_boto3_with(
+        &script(BOTO3_BEFORE_RELOAD),
+        &[other_node.as_str(), output_url],
+    );
+
+    let config = stack.path("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text
+        .replace("groups = [\"operators\"]", "groups = []")
+        .replace("policies = [\"observer\"]", "policies = [\"dev-sessions\"]");
+    assert_ne!(moved, text);
+    std::fs::write(&config, moved).unwrap();
+    stack.reload_gateway();
+    stack.run_boto3(&script(BOTO3_AFTER_RELOAD));
 }

@@ -3,8 +3,9 @@
 //! database, so clients and agents run encrypted sessions without AWS.
 //!
 //! Who may do what:
-//! * API users (the configured access keys) may call every operation the key service answers:
-//!   GenerateDataKey for their sessions, and key administration (CreateKey, CreateAlias, …).
+//! * API users (the configured access keys) may call what their policies allow, `kms:<Op>` on
+//!   the key's ARN (`*` for CreateKey, ListKeys and ListAliases): GenerateDataKey for their
+//!   sessions, and key administration (CreateKey, CreateAlias, …).
 //! * Agents may only call Decrypt, and only for a live session on themselves: the encryption
 //!   context must name the agent's own instance id as `aws:ssm:TargetId` and a session the
 //!   gateway is relaying to that instance as `aws:ssm:SessionId`. A stolen data-key blob is no
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use ssmx_kms::{KmsError, KmsErrorCode};
 use ssmx_protocol::crypto::context_key;
 
+use crate::access::{Principal, Resource};
 use crate::error::ApiError;
 use crate::hub::{Caller, Hub};
 use crate::sigv4::RequestParts;
@@ -50,19 +52,35 @@ pub(crate) fn handle(
             return e.into_response();
         }
     };
-    let principal = match &caller {
-        Caller::User(p) => p.arn.clone(),
+    match &caller {
+        Caller::User(user) => {
+            let policy = UserPolicy(user);
+            let caller = ssmx_kms::Caller {
+                principal: Some(&user.arn),
+                policy: Some(&policy),
+            };
+            hub.kms.handle_as(caller, target, body).into_response()
+        }
         Caller::Agent { instance_id } => {
             if let Err(e) = agent_may_decrypt(hub, instance_id, target, body) {
                 tracing::info!(instance = %instance_id, message = %e.message, "KMS request refused");
                 return refusal(e);
             }
-            hub.instance_arn(instance_id)
+            let arn = hub.instance_arn(instance_id);
+            hub.kms.handle(Some(&arn), target, body).into_response()
         }
-    };
-    hub.kms
-        .handle(Some(&principal), target, body)
-        .into_response()
+    }
+}
+
+/// A user's policies, as the key service asks them (keys carry no tags here).
+struct UserPolicy<'a>(&'a Principal);
+
+impl ssmx_kms::IdentityPolicy for UserPolicy<'_> {
+    fn check(&self, action: &str, resource: &str) -> Result<(), String> {
+        self.0
+            .authorize(action, &Resource::untagged(resource.to_owned()))
+            .map_err(|e| e.message)
+    }
 }
 
 /// The part of a Decrypt request the agent check reads.

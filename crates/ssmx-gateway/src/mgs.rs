@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
+use crate::api::authorize;
 use crate::hub::{AgentLink, Caller, Hub};
 use crate::malformed::{MalformedFrames, Verdict};
 use crate::session::{Role, WRITE_TIMEOUT};
@@ -527,11 +528,17 @@ pub(crate) async fn data_channel_socket(
     ws: WebSocketUpgrade,
 ) -> Response {
     // Agents sign the upgrade. Clients are authenticated by the token in their first frame;
-    // some also sign the upgrade with their user's credentials, which must then verify too.
+    // some also sign the upgrade with their user's credentials, which must then verify, and
+    // whose policies must allow them this session.
     let agent = if headers.contains_key(http::header::AUTHORIZATION) {
         match authenticate(&hub, &method, &uri, &headers, &[], false) {
             Ok(Caller::Agent { instance_id }) => Some(instance_id),
-            Ok(Caller::User(_)) => None,
+            Ok(Caller::User(user)) => {
+                if let Err(e) = authorize::data_channel_upgrade(&hub, &user, &session_id) {
+                    return access_denied(&e.message).into_response();
+                }
+                None
+            }
             Err(r) => return r.into_response(),
         }
     } else {

@@ -38,9 +38,9 @@ pub use http::{
     TARGET_HEADER,
 };
 pub use service::{
-    KeyMetadata, KeyService, KmsResponse, NewKey, DEFAULT_ACCOUNT_ID, DEFAULT_LIST_LIMIT,
-    DEFAULT_REGION, MAX_ALIAS_NAME_LEN, MAX_CIPHERTEXT_BLOB_BYTES, MAX_DATA_KEY_BYTES,
-    MAX_DESCRIPTION_LEN, MAX_LIST_LIMIT, MAX_PLAINTEXT_BYTES, TARGET_PREFIX,
+    Caller, IdentityPolicy, KeyMetadata, KeyService, KmsResponse, NewKey, DEFAULT_ACCOUNT_ID,
+    DEFAULT_LIST_LIMIT, DEFAULT_REGION, MAX_ALIAS_NAME_LEN, MAX_CIPHERTEXT_BLOB_BYTES,
+    MAX_DATA_KEY_BYTES, MAX_DESCRIPTION_LEN, MAX_LIST_LIMIT, MAX_PLAINTEXT_BYTES, TARGET_PREFIX,
 };
 pub use store::{
     Insert, KeyAccess, KeyStore, MasterKey, MemoryKeyStore, SqliteKeyStore, StoreError, StoredKey,

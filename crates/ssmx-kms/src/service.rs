@@ -83,6 +83,45 @@ pub struct KeyMetadata {
     pub access: KeyAccess,
 }
 
+/// An identity-policy check the embedding server makes of each request, on top of the keys' own
+/// [`KeyAccess`]: `action` is `kms:<Operation>`, `resource` the ARN of the key (or, before a
+/// key is created for it, the alias) the request acts on, `*` for operations on no key. The
+/// error is the refusal's message.
+pub trait IdentityPolicy {
+    /// Allows or refuses one action on one resource.
+    fn check(&self, action: &str, resource: &str) -> Result<(), String>;
+}
+
+/// Who makes a request: the principal the embedding server authenticated (if any) and the
+/// identity policy that applies to it (none: only the keys' [`KeyAccess`] decides).
+#[derive(Clone, Copy, Default)]
+pub struct Caller<'a> {
+    /// The principal's name (an ARN on the gateway), matched against [`KeyAccess`].
+    pub principal: Option<&'a str>,
+    /// The principal's identity policy.
+    pub policy: Option<&'a dyn IdentityPolicy>,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller known by name only.
+    pub fn named(principal: Option<&'a str>) -> Self {
+        Self {
+            principal,
+            policy: None,
+        }
+    }
+
+    /// Checks the identity policy (if any) for `kms:<op>` on `resource`.
+    fn allow(&self, op: &str, resource: &str) -> Result<(), KmsError> {
+        match self.policy {
+            Some(policy) => policy
+                .check(&format!("kms:{op}"), resource)
+                .map_err(|message| KmsError::new(KmsErrorCode::AccessDenied, message)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// How a request names a key.
 enum KeyRef {
     Id(Uuid),
@@ -158,17 +197,23 @@ impl KeyService {
     /// Answers one request: `target` is the `X-Amz-Target` header value, `body` the JSON body,
     /// `caller` the principal the embedding server authenticated (if any).
     pub fn handle(&self, caller: Option<&str>, target: &str, body: &[u8]) -> KmsResponse {
+        self.handle_as(Caller::named(caller), target, body)
+    }
+
+    /// Like [`KeyService::handle`], for a caller whose identity policy is checked too.
+    pub fn handle_as(&self, caller: Caller<'_>, target: &str, body: &[u8]) -> KmsResponse {
         let op = target.strip_prefix(TARGET_PREFIX).unwrap_or("");
-        let _span = tracing::debug_span!("kms", op, caller = caller.unwrap_or("-")).entered();
+        let _span =
+            tracing::debug_span!("kms", op, caller = caller.principal.unwrap_or("-")).entered();
         let result = match op {
             "GenerateDataKey" => call(body, |r| self.generate_data_key_op(caller, r)),
             "Encrypt" => call(body, |r| self.encrypt_op(caller, r)),
             "Decrypt" => call(body, |r| self.decrypt_op(caller, r)),
-            "CreateKey" => call(body, |r| self.create_key_op(r)),
+            "CreateKey" => call(body, |r| self.create_key_op(caller, r)),
             "DescribeKey" => call(body, |r| self.describe_key_op(caller, r)),
-            "ListKeys" => call(body, |r| self.list_keys_op(r)),
+            "ListKeys" => call(body, |r| self.list_keys_op(caller, r)),
             "CreateAlias" => call(body, |r| self.create_alias_op(caller, r)),
-            "ListAliases" => call(body, |r| self.list_aliases_op(r)),
+            "ListAliases" => call(body, |r| self.list_aliases_op(caller, r)),
             "EnableKey" => call(body, |r| self.set_enabled_op(caller, r, true)),
             "DisableKey" => call(body, |r| self.set_enabled_op(caller, r, false)),
             _ => Err(KmsError::new(
@@ -223,7 +268,7 @@ impl KeyService {
 
     fn generate_data_key_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::GenerateDataKeyRequest,
     ) -> Result<api::GenerateDataKeyResponse, KmsError> {
         check_unsupported(&req.unsupported)?;
@@ -248,7 +293,7 @@ impl KeyService {
                 ))
             }
         };
-        let key = self.resolve(&key_id, self.create_missing_aliases)?;
+        let key = self.resolve_for_use(caller, "GenerateDataKey", &key_id)?;
         self.check_use(&key, caller, "GenerateDataKey")?;
         let mut plaintext = vec![0u8; len];
         self.fill_random(&mut plaintext)?;
@@ -263,7 +308,7 @@ impl KeyService {
 
     fn encrypt_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::EncryptRequest,
     ) -> Result<api::EncryptResponse, KmsError> {
         check_unsupported(&req.unsupported)?;
@@ -276,7 +321,7 @@ impl KeyService {
                 plaintext.len()
             )));
         }
-        let key = self.resolve(&key_id, self.create_missing_aliases)?;
+        let key = self.resolve_for_use(caller, "Encrypt", &key_id)?;
         self.check_use(&key, caller, "Encrypt")?;
         let ciphertext_blob = self.seal(&key, &req.encryption_context, &plaintext)?;
         Ok(api::EncryptResponse {
@@ -288,7 +333,7 @@ impl KeyService {
 
     fn decrypt_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::DecryptRequest,
     ) -> Result<api::DecryptResponse, KmsError> {
         check_unsupported(&req.unsupported)?;
@@ -333,7 +378,12 @@ impl KeyService {
         })
     }
 
-    fn create_key_op(&self, req: api::CreateKeyRequest) -> Result<KeyMetadataResponse, KmsError> {
+    fn create_key_op(
+        &self,
+        caller: Caller<'_>,
+        req: api::CreateKeyRequest,
+    ) -> Result<KeyMetadataResponse, KmsError> {
+        caller.allow("CreateKey", "*")?;
         let unsupported = |what: &str| {
             Err(KmsError::new(
                 KmsErrorCode::UnsupportedOperation,
@@ -377,7 +427,7 @@ impl KeyService {
 
     fn describe_key_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::KeyIdRequest,
     ) -> Result<KeyMetadataResponse, KmsError> {
         let key = self.resolve(&required(req.key_id, "KeyId")?, false)?;
@@ -385,7 +435,12 @@ impl KeyService {
         Ok(self.metadata_response(&key))
     }
 
-    fn list_keys_op(&self, req: api::ListRequest) -> Result<api::ListKeysResponse, KmsError> {
+    fn list_keys_op(
+        &self,
+        caller: Caller<'_>,
+        req: api::ListRequest,
+    ) -> Result<api::ListKeysResponse, KmsError> {
+        caller.allow("ListKeys", "*")?;
         let ids = self.store.key_ids()?;
         let (page, next_marker) = paginate(ids, |id| id.hyphenated().to_string(), &req)?;
         Ok(api::ListKeysResponse {
@@ -403,7 +458,7 @@ impl KeyService {
 
     fn create_alias_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::CreateAliasRequest,
     ) -> Result<Empty, KmsError> {
         let alias = required(req.alias_name, "AliasName")?;
@@ -422,7 +477,12 @@ impl KeyService {
         }
     }
 
-    fn list_aliases_op(&self, req: api::ListRequest) -> Result<api::ListAliasesResponse, KmsError> {
+    fn list_aliases_op(
+        &self,
+        caller: Caller<'_>,
+        req: api::ListRequest,
+    ) -> Result<api::ListAliasesResponse, KmsError> {
+        caller.allow("ListAliases", "*")?;
         let mut aliases = self.store.aliases()?;
         if let Some(key_id) = &req.key_id {
             let key = self.resolve(key_id, false)?;
@@ -445,7 +505,7 @@ impl KeyService {
 
     fn set_enabled_op(
         &self,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         req: api::KeyIdRequest,
         enabled: bool,
     ) -> Result<Empty, KmsError> {
@@ -499,6 +559,25 @@ impl KeyService {
             Err(not_found())
         } else {
             parse_key_id(resource).map(KeyRef::Id).ok_or_else(not_found)
+        }
+    }
+
+    /// The key a GenerateDataKey or Encrypt names: with `create_missing_aliases`, a missing alias
+    /// gets a new key, once the caller's policy allows `op` on the alias.
+    fn resolve_for_use(
+        &self,
+        caller: Caller<'_>,
+        op: &str,
+        text: &str,
+    ) -> Result<StoredKey, KmsError> {
+        match self.resolve(text, false) {
+            Err(e) if e.code == KmsErrorCode::NotFound && self.create_missing_aliases => {
+                if let Ok(KeyRef::Alias(alias)) = self.parse_key_ref(text) {
+                    caller.allow(op, &self.alias_arn(&alias))?;
+                }
+                self.resolve(text, true)
+            }
+            other => other,
         }
     }
 
@@ -567,10 +646,11 @@ impl KeyService {
     fn check_access(
         &self,
         key: &StoredKey,
-        caller: Option<&str>,
+        caller: Caller<'_>,
         action: &str,
     ) -> Result<(), KmsError> {
-        if key.access.allows(caller) {
+        caller.allow(action, &self.key_arn(key.id))?;
+        if key.access.allows(caller.principal) {
             return Ok(());
         }
         tracing::info!(key = %key.id, action, "access denied");
@@ -578,19 +658,14 @@ impl KeyService {
             KmsErrorCode::AccessDenied,
             format!(
                 "User: {} is not authorized to perform: kms:{action} on resource: {}",
-                caller.unwrap_or("anonymous"),
+                caller.principal.unwrap_or("anonymous"),
                 self.key_arn(key.id)
             ),
         ))
     }
 
     /// Access, then state: a cryptographic operation needs both.
-    fn check_use(
-        &self,
-        key: &StoredKey,
-        caller: Option<&str>,
-        action: &str,
-    ) -> Result<(), KmsError> {
+    fn check_use(&self, key: &StoredKey, caller: Caller<'_>, action: &str) -> Result<(), KmsError> {
         self.check_access(key, caller, action)?;
         if key.enabled {
             Ok(())

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use ssmx_kms::{KeyService, MemoryKeyStore, NewKey, SqliteKeyStore};
+use ssmx_kms::{Caller, IdentityPolicy, KeyService, MemoryKeyStore, NewKey, SqliteKeyStore};
 
 fn call(kms: &KeyService, op: &str, body: Value) -> (u16, Value) {
     let response = kms.handle(
@@ -213,4 +213,74 @@ fn keys_in_sqlite_outlive_the_service() {
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Allows only what its list names, as `(action, resource)`.
+struct Allow(Vec<(&'static str, String)>);
+
+impl IdentityPolicy for Allow {
+    fn check(&self, action: &str, resource: &str) -> Result<(), String> {
+        if self.0.iter().any(|(a, r)| *a == action && r == resource) {
+            Ok(())
+        } else {
+            Err(format!(
+                "not authorized to perform: {action} on resource: {resource}"
+            ))
+        }
+    }
+}
+
+/// `op` called by alice under `policy`: status and body text.
+fn call_under(kms: &KeyService, policy: &Allow, op: &str, body: &Value) -> (u16, String) {
+    let caller = Caller {
+        principal: Some("alice"),
+        policy: Some(policy),
+    };
+    let response = kms.handle_as(
+        caller,
+        &format!("TrentService.{op}"),
+        body.to_string().as_bytes(),
+    );
+    (response.status, String::from_utf8(response.body).unwrap())
+}
+
+#[test]
+fn the_identity_policy_is_asked_before_anything_happens() {
+    let kms = KeyService::new(MemoryKeyStore::new()).create_missing_aliases(true);
+    let nothing = Allow(Vec::new());
+    let body = json!({"KeyId": "alias/team", "NumberOfBytes": 32});
+    let (status, text) = call_under(&kms, &nothing, "GenerateDataKey", &body);
+    assert_eq!(status, 400);
+    assert!(text.contains("AccessDeniedException"), "{text}");
+    assert!(
+        text.contains(
+            "kms:GenerateDataKey on resource: arn:aws:kms:us-east-1:000000000000:alias/team"
+        ),
+        "{text}"
+    );
+    // Refused before a key was created for the alias.
+    let (_, listed) = call(&kms, "ListAliases", json!({}));
+    assert_eq!(listed["Aliases"], json!([]), "{listed}");
+    let (_, text) = call_under(&kms, &nothing, "ListKeys", &json!({}));
+    assert!(text.contains("kms:ListKeys on resource: *"), "{text}");
+
+    // A policy on the key's ARN allows its use.
+    let (status, made) = call(&kms, "GenerateDataKey", body.clone());
+    assert_eq!(status, 200, "{made}");
+    let key_arn = made["KeyId"].as_str().unwrap().to_owned();
+    let on_key = Allow(vec![
+        ("kms:GenerateDataKey", key_arn.clone()),
+        ("kms:Decrypt", key_arn.clone()),
+    ]);
+    let (status, made) = call_under(&kms, &on_key, "GenerateDataKey", &body);
+    assert_eq!(status, 200, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let decrypt = json!({"CiphertextBlob": made["CiphertextBlob"]});
+    let (status, text) = call_under(&kms, &on_key, "Decrypt", &decrypt);
+    assert_eq!(status, 200, "{text}");
+    let (_, text) = call_under(&kms, &nothing, "Decrypt", &decrypt);
+    assert!(
+        text.contains(&format!("kms:Decrypt on resource: {key_arn}")),
+        "{text}"
+    );
 }

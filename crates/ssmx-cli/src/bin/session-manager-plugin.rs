@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         }
     };
     // No verbosity option: the official plugin has none.
-    logging::init(0);
+    logging::init(0, false);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -308,6 +308,27 @@ impl Stack {
         self.gateway = gateway;
     }
 
+    /// Sends SIGHUP to the gateway and waits until its log says it reloaded its users and
+    /// policies; fails if it says it could not.
+    pub fn reload_gateway(&self) {
+        let log = self.path("gateway.log");
+        let count = |what: &str| {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches(what)
+                .count()
+        };
+        const RELOADED: &str = "credentials, users and policies reloaded";
+        const REFUSED: &str = "configuration not reloaded";
+        let before = (count(RELOADED), count(REFUSED));
+        run_ok(Command::new("kill").args(["-HUP", &self.gateway.0.id().to_string()]));
+        wait_for(
+            || (count(RELOADED) > before.0 || count(REFUSED) > before.1).then_some(()),
+            "gateway reload",
+        );
+        assert_eq!(count(REFUSED), before.1, "{}", self.logs());
+    }
+
     /// The agent's process id, if it runs.
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(|g| g.0.id())

@@ -77,6 +77,26 @@ fn check_session(
     principal.authorize_owned(action, &resource, owner == principal.arn)
 }
 
+/// A user who signs a session's data-channel upgrade must, under the policies in force now,
+/// still be allowed to start sessions on its target, and must own the session or be allowed to
+/// resume it. An ended or unknown session passes: the token check that follows refuses it.
+pub(crate) fn data_channel_upgrade(
+    hub: &Hub,
+    principal: &Principal,
+    session_id: &str,
+) -> Result<(), ApiError> {
+    let Some(session) = hub.session(session_id) else {
+        return Ok(());
+    };
+    principal.authorize("ssm:StartSession", &instance(hub, &session.target)?)?;
+    let resource = Resource::untagged(hub.settings.arns().session(session_id));
+    principal.authorize_owned(
+        "ssm:ResumeSession",
+        &resource,
+        session.owner_arn == principal.arn,
+    )
+}
+
 /// An instance with its tags.
 pub(super) fn instance(hub: &Hub, instance_id: &str) -> Result<Resource, ApiError> {
     let tags = hub.store.tags(ResourceType::ManagedInstance, instance_id)?;

@@ -27,7 +27,7 @@ use crate::store::{
 };
 use crate::tokens::Purpose;
 
-mod authorize;
+pub(crate) mod authorize;
 mod commands;
 mod documents;
 mod fleet;

@@ -4,7 +4,8 @@
 //!
 //! `PUT` and `GET /ssmx/v1/command-output/{command_id}/{instance_id}/{plugin}/{stdout|stderr}`,
 //! both SigV4-signed (service `ssm`): a PUT by the agent of that instance, for an invocation it
-//! was sent; a GET by a user (for example `curl --aws-sigv4 aws:amz:<region>:ssm`).
+//! was sent; a GET by a user whose policies allow `ssm:GetCommandInvocation` (for example
+//! `curl --aws-sigv4 aws:amz:<region>:ssm`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use rusqlite::{params, OptionalExtension};
 use ssmx_protocol::command::PluginResult;
 
+use crate::access::Resource;
 use crate::error::{ApiError, ErrorCode};
 use crate::hub::{Caller, Hub};
 use crate::sigv4::RequestParts;
@@ -35,6 +37,8 @@ CREATE TABLE IF NOT EXISTS command_output (
 
 /// Most bytes of one stream of one plugin kept (the agent captures at most this much).
 pub const MAX_STREAM_BYTES: usize = 16 << 20;
+/// The action a user's policies must allow to read output.
+const READ_ACTION: &str = "ssm:GetCommandInvocation";
 /// The route both methods share.
 pub const ROUTE: &str = "/ssmx/v1/command-output/{command_id}/{instance_id}/{plugin}/{stream}";
 
@@ -209,11 +213,15 @@ pub(crate) async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (key, stream) = key.decode()?;
-    if let Caller::Agent { .. } = authenticate(&hub, &method, &uri, &headers, &[])? {
-        return Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            "command output is read with user credentials",
-        ));
+    match authenticate(&hub, &method, &uri, &headers, &[])? {
+        Caller::Agent { .. } => {
+            return Err(ApiError::new(
+                ErrorCode::AccessDenied,
+                "command output is read with user credentials",
+            ))
+        }
+        // The output is the rest of what GetCommandInvocation answers, so it asks the same.
+        Caller::User(user) => user.authorize(READ_ACTION, &Resource::any())?,
     }
     let data = match hub.store.command_output(&key, stream)? {
         Some(data) => data,
