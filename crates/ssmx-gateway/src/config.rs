@@ -120,6 +120,8 @@ pub struct TlsConfig {
 pub struct Config {
     /// Socket address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: Option<SocketAddr>,
+    /// Where Prometheus metrics are served (`GET /metrics`, no credentials); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// SQLite file, or `:memory:`.
     pub db: Option<String>,
     /// Region reported to agents.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{AccessControl, Arns, Principal};
 use crate::documents::Documents;
+use crate::metrics::Metrics;
 use crate::session::Session;
 use crate::sigv4::{RequestParts, SigV4Error, Verifier};
 use crate::store::Store;
@@ -107,6 +108,8 @@ pub(crate) struct Hub {
     pub verifier: Verifier,
     /// The key service behind the KMS API.
     pub kms: KeyService,
+    /// Counters and the scrape of the gauges.
+    pub metrics: Metrics,
     /// Credentials, users and policies; replaced whole on reload.
     access: std::sync::RwLock<Arc<AccessControl>>,
     agents: Mutex<HashMap<String, AgentLink>>,
@@ -146,6 +149,7 @@ impl Hub {
             documents,
             verifier: Verifier::new(),
             kms,
+            metrics: Metrics::new(),
             access: std::sync::RwLock::new(Arc::new(access)),
             agents: Mutex::new(HashMap::new()),
             clock_skews: Mutex::new(HashMap::new()),
@@ -254,6 +258,9 @@ impl Hub {
         if let Some(store_err) = &lookup_error {
             tracing::error!(error = %store_err, "credential lookup failed");
         }
+        if verified.is_err() {
+            self.metrics.authentication_failed(service);
+        }
         // Expired is only returned for a valid signature, so both tell the signer's clock.
         let skew = match &verified {
             Ok(v) => Some(v.skew_seconds),
@@ -355,6 +362,16 @@ impl Hub {
 
     pub fn add_session(&self, session: Arc<Session>) {
         lock(&self.sessions).insert(session.id.clone(), session);
+    }
+
+    /// Every session the gateway holds.
+    pub fn live_sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
+    /// How many agents have an open control channel.
+    pub fn connected_agents(&self) -> usize {
+        lock(&self.agents).len()
     }
 
     pub fn session(&self, id: &str) -> Option<Arc<Session>> {

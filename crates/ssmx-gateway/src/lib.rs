@@ -47,6 +47,7 @@ pub mod commands;
 mod hub;
 mod kms;
 mod malformed;
+mod metrics;
 mod mgs;
 mod server;
 mod session;
@@ -257,6 +258,19 @@ impl GatewayBuilder {
         if let Some(dir) = recordings_dir {
             retention::spawn(hub.clone(), dir, config.retention());
         }
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let bind_error = |source| GatewayError::Bind { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                metrics::serve(hub.clone(), listener);
+                info!(url = %format!("http://{bound}/metrics"), "metrics listening");
+                Some(bound)
+            }
+            None => None,
+        };
         let app = server::router(hub.clone()).into_make_service();
         let stop = hub.shutdown.clone();
         let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -289,6 +303,7 @@ impl GatewayBuilder {
             store,
             url,
             local_addr,
+            metrics_addr,
             server: Some(server),
         })
     }
@@ -300,6 +315,7 @@ pub struct Gateway {
     store: Arc<Store>,
     url: String,
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     server: Option<JoinHandle<()>>,
 }
 
@@ -318,6 +334,11 @@ impl Gateway {
     /// The bound socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where Prometheus metrics are served (`http://<addr>/metrics`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The state store.

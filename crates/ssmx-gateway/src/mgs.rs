@@ -535,6 +535,7 @@ pub(crate) async fn data_channel_socket(
             Ok(Caller::Agent { instance_id }) => Some(instance_id),
             Ok(Caller::User(user)) => {
                 if let Err(e) = authorize::data_channel_upgrade(&hub, &user, &session_id) {
+                    hub.metrics.access_denied("ssmmessages:OpenDataChannel");
                     return access_denied(&e.message).into_response();
                 }
                 None
@@ -598,10 +599,17 @@ async fn run_data_channel(
     }
     debug!(conn_id, ?role, client_id = %open.client_id, "data channel attached");
     let mut malformed = MalformedFrames::new("data");
+    let relayed = hub.metrics.relayed_from(role);
     let close = loop {
         tokio::select! {
             incoming = stream.next() => match incoming {
                 Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let len = match &msg {
+                        Message::Binary(b) => b.len(),
+                        Message::Text(t) => t.len(),
+                        _ => 0,
+                    };
+                    relayed.inc_by(len as u64);
                     if session.relay(role, msg, &mut malformed).await == Verdict::Close {
                         break Some(garbage_close());
                     }

@@ -130,6 +130,11 @@ impl Recorder {
         })
     }
 
+    /// Records waiting in the queue for the writer.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Where the recording is written.
     pub fn path(&self) -> &Path {
         &self.path

@@ -354,6 +354,8 @@ impl End {
 pub(crate) struct Session {
     pub id: String,
     pub target: String,
+    /// The session type of its document (`Standard_Stream`, `Port`, …).
+    pub session_type: String,
     pub owner_arn: String,
     pub idle_timeout: Option<Duration>,
     /// The encoded `interactive_shell` frame.
@@ -376,6 +378,7 @@ pub(crate) struct Session {
 pub(crate) struct NewSession {
     pub id: String,
     pub target: String,
+    pub session_type: String,
     pub owner_arn: String,
     pub inputs: SessionInputs,
     pub idle_timeout_minutes: u64,
@@ -391,6 +394,7 @@ impl Session {
         let session = Arc::new(Session {
             id: new.id,
             target: new.target,
+            session_type: new.session_type,
             owner_arn: new.owner_arn,
             idle_timeout: (new.idle_timeout_minutes > 0)
                 .then(|| Duration::from_secs(new.idle_timeout_minutes * 60)),
@@ -427,6 +431,11 @@ impl Session {
     }
 
     /// True once the session has ended (or is ending).
+    /// Records queued for the recording's file (0 when not recorded).
+    pub fn recording_backlog(&self) -> usize {
+        self.recorder.as_ref().map_or(0, Recorder::queued)
+    }
+
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }

@@ -17,6 +17,7 @@
 //! assert!(reg.instance_id.starts_with("mi-"));
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -535,6 +536,15 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// The status of every session that has not ended, by session id.
+    pub fn open_session_statuses(&self) -> Result<HashMap<String, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT session_id, status FROM sessions WHERE end_date IS NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Sets a live session's status (never changes an ended one).

@@ -73,6 +73,9 @@ pub(crate) async fn handle(
                 .into_response(),
             Err(e) => {
                 info!(code = e.code.as_str(), message = %e.message, "request refused");
+                if e.code == ErrorCode::AccessDenied {
+                    hub.metrics.access_denied(&format!("ssm:{op}"));
+                }
                 e.into_response()
             }
         }
@@ -388,6 +391,7 @@ async fn start_session(
         NewSession {
             id: session_id.clone(),
             target: target.clone(),
+            session_type: prepared.content.session_type.clone(),
             owner_arn: owner_arn.to_owned(),
             idle_timeout_minutes: prepared.idle_timeout_minutes(),
             inputs: prepared.inputs.clone(),

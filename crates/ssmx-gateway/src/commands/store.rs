@@ -142,6 +142,14 @@ fn invocation_row(r: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
 }
 
 impl Store {
+    /// How many invocations are in each status.
+    pub fn invocation_status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM invocations GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Stores a new command and its invocations (all Pending) in one transaction.
     pub fn insert_command(
         &self,
