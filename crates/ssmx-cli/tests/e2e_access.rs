@@ -137,7 +137,35 @@ fn sessions_and_commands_follow_the_users_policies() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // SendCommand to both nodes is refused as a whole: nothing is queued anywhere.
+    // SendCommand to a tag group where only one node is allowed is refused as a whole, as is
+    // one naming both nodes: nothing is queued anywhere.
+    for node in [&dev_node, &other_node] {
+        stack.aws_json(&[
+            "ssm",
+            "add-tags-to-resource",
+            "--resource-type",
+            "ManagedInstance",
+            "--resource-id",
+            node,
+            "--tags",
+            "Key=role,Value=web",
+        ]);
+    }
+    let out = dev(&[
+        "ssm".into(),
+        "send-command".into(),
+        "--document-name".into(),
+        "AWS-RunShellScript".into(),
+        "--targets".into(),
+        "Key=tag:role,Values=web".into(),
+        "--parameters".into(),
+        "commands=echo hi".into(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AccessDeniedException") && stderr.contains(&other_node),
+        "{stderr}"
+    );
     let out = dev(&[
         "ssm".into(),
         "send-command".into(),
@@ -377,11 +405,14 @@ assert status == 400 and b"AccessDeniedException" in body, (status, body)
 print("boto3-ok")
 "#;
 
-/// After the reload: bob has dev sessions, alice has lost hers.
+/// After the reload: bob has dev sessions by tag and the other node by its ARN, alice has lost
+/// hers.
 const BOTO3_AFTER_RELOAD: &str = r#"
+other = sys.argv[4]
 alice, bob = client("ssm", "alice"), client("ssm", "bob")
-session = bob.start_session(**PORT_FORWARDING)
-bob.terminate_session(SessionId=session["SessionId"])
+for target in (instance, other):
+    session = bob.start_session(**{**PORT_FORWARDING, "Target": target})
+    bob.terminate_session(SessionId=session["SessionId"])
 denied(alice.start_session, **PORT_FORWARDING)
 print("boto3-ok")
 "#;
@@ -436,11 +467,22 @@ fn boto3_users_sessions_keys_output_and_a_policy_reload() {
 
     let config = stack.path("gateway.toml");
     let text = std::fs::read_to_string(&config).unwrap();
+    // Bob gets the dev nodes by tag and the other node by its ARN; alice loses her group.
     let moved = text
         .replace("groups = [\"operators\"]", "groups = []")
-        .replace("policies = [\"observer\"]", "policies = [\"dev-sessions\"]");
+        .replace(
+            "policies = [\"observer\"]",
+            "policies = [\"dev-sessions\", \"other-node\"]",
+        )
+        + &format!(
+            r#"
+[[policies]]
+name = "other-node"
+document = '{{"Statement": {{"Effect": "Allow", "Action": "ssm:StartSession", "Resource": "arn:aws:ssm:us-east-1:000000000000:managed-instance/{other_node}"}}}}'
+"#
+        );
     assert_ne!(moved, text);
     std::fs::write(&config, moved).unwrap();
     stack.reload_gateway();
-    stack.run_boto3(&script(BOTO3_AFTER_RELOAD));
+    stack.run_boto3_with(&script(BOTO3_AFTER_RELOAD), &[other_node.as_str()]);
 }
