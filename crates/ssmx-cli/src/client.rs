@@ -4,7 +4,7 @@
 
 mod socks;
 mod spec;
-mod ui;
+pub(crate) mod ui;
 
 use std::collections::HashMap;
 use std::process::ExitCode;

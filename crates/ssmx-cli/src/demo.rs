@@ -1,8 +1,13 @@
 //! `ssmx demo`: a gateway and an agent in this process, on loopback, with a temporary database,
 //! and an interactive shell through the full protocol. Everything is torn down on exit.
+//!
+//! The scratch directory holds the state, the log (`demo.log`: the terminal belongs to the
+//! shell), a session document that marks the demo's prompt, and `bin/` with `ssmx` and
+//! `session-manager-plugin` (links to this executable, which is the plugin under that name), so
+//! the banner's commands work as printed in another terminal.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +16,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use ssmx_agent::{Agent, AgentConfig};
 use ssmx_client::SessionManager;
-use ssmx_gateway::config::{ApiCredential, Database};
+use ssmx_gateway::config::{ApiCredential, Config, Database};
 use ssmx_gateway::store::NewActivation;
 use ssmx_gateway::Gateway;
 use tokio::sync::oneshot;
@@ -20,6 +25,13 @@ use tokio::sync::oneshot;
 const DEMO_REGION: &str = "us-east-1";
 /// How long the agent may take to connect its control channel.
 const AGENT_ONLINE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The session preferences of the demo's gateway: its shells show that they are the demo's.
+const SHELL_PREFERENCES: &str = r#"{
+  "schemaVersion": "1.0",
+  "description": "ssmx demo shells",
+  "sessionType": "Standard_Stream",
+  "inputs": {"shellProfile": {"linux": "PS1=\"(ssmx demo) $PS1\"", "windows": ""}}
+}"#;
 
 /// `ssmx demo` options.
 #[derive(clap::Args)]
@@ -34,14 +46,26 @@ pub struct DemoArgs {
 }
 
 /// Runs the demo.
-pub async fn run(_global: &crate::GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(global: &crate::GlobalArgs, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::Builder::new()
         .prefix("ssmx-demo-")
         .tempdir()
         .context("cannot create a scratch directory")?;
+    let log = std::fs::File::create(scratch.path().join(LOG_FILE))
+        .context("cannot create the demo's log file")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(crate::logging::filter(global.verbose, true))
+        .with_writer(std::sync::Mutex::new(log))
+        .with_ansi(false)
+        .init();
+    let documents = prepare_scratch(scratch.path())?;
     let credential = ApiCredential::generate("demo");
     ssmx_gateway::keep_relay_memory();
     let gateway = Gateway::builder()
+        .config(Config {
+            documents_dir: Some(documents),
+            ..Config::default()
+        })
         .listen(args.listen)
         .database(Database::File(scratch.path().join("gateway.db")))
         .credential(credential.clone())
@@ -73,6 +97,7 @@ async fn with_gateway(
     let instance_id = registration.instance_id.clone();
     let mut config = AgentConfig::new(registration);
     config.log_dir = Some(scratch.join("sessions"));
+    config.commands_dir = Some(scratch.join("commands"));
 
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(Agent::new(config).run(async {
@@ -106,6 +131,32 @@ async fn with_gateway(
     result
 }
 
+/// The demo's log, in the scratch directory.
+const LOG_FILE: &str = "demo.log";
+
+/// Puts `bin/ssmx` and `bin/session-manager-plugin` (links to this executable) and the shell
+/// preferences document into `scratch`; the documents directory.
+fn prepare_scratch(scratch: &Path) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let bin = scratch.join("bin");
+    std::fs::create_dir(&bin).context("cannot create the demo's bin directory")?;
+    for name in ["ssmx", crate::PLUGIN_NAME] {
+        std::os::unix::fs::symlink(&exe, bin.join(name))
+            .with_context(|| format!("cannot link {name} into {}", bin.display()))?;
+    }
+    let documents = scratch.join("documents");
+    std::fs::create_dir(&documents).context("cannot create the demo's documents directory")?;
+    std::fs::write(
+        documents.join(format!(
+            "{}.json",
+            ssmx_gateway::documents::DEFAULT_DOCUMENT
+        )),
+        SHELL_PREFERENCES,
+    )
+    .context("cannot write the demo's session preferences")?;
+    Ok(documents)
+}
+
 /// A client configured like any AWS client, pointed at the demo gateway.
 async fn demo_client(url: &str, credential: &ApiCredential) -> SessionManager {
     let credentials = Credentials::new(
@@ -127,16 +178,23 @@ async fn demo_client(url: &str, credential: &ApiCredential) -> SessionManager {
 fn print_banner(url: &str, credential: &ApiCredential, instance_id: &str, scratch: &Path) {
     eprintln!(
         "\
-ssmx demo: gateway {url}, agent {instance_id} (state in {scratch})
+ssmx demo: a gateway at {url} and the agent {instance_id}, both in this process.
+State, recordings and the log ({log}) are in {scratch}, removed when the demo ends.
 
-Reach it from another terminal:
-  export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_REGION={DEMO_REGION}
-  aws ssm start-session --endpoint-url {url} --target {instance_id}
+This terminal now opens a shell on the agent. `exit` (or Ctrl-D) ends it, and so does Enter
+then `~.`; the gateway and the agent stop with it.
+
+From another terminal, while this one is open:
+  export PATH={scratch}/bin:$PATH AWS_DEFAULT_REGION={DEMO_REGION} AWS_REGION={DEMO_REGION}
+  export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret}
   ssmx --endpoint-url {url} shell {instance_id}
-  ssmx --endpoint-url {url} port-forward {instance_id} --remote-port 22 --local-port 2222
   ssmx --endpoint-url {url} exec {instance_id} -- uname -a
+  ssmx --endpoint-url {url} run --instance-ids {instance_id} -- echo hello from Run Command
+  ssmx --endpoint-url {url} port-forward {instance_id} --remote-port 22 --local-port 2222
+  aws ssm start-session --endpoint-url {url} --target {instance_id}   # with aws-cli installed
 ",
         scratch = scratch.display(),
+        log = LOG_FILE,
         key = credential.access_key_id,
         secret = credential.secret_access_key,
     );

@@ -7,7 +7,10 @@ mod demo;
 mod gateway;
 mod instances;
 mod logging;
+mod plugin;
 mod run;
+
+use client::ui;
 
 use std::process::ExitCode;
 
@@ -71,14 +74,30 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The executable name aws-cli runs; `ssmx` started under it is the plugin.
+pub(crate) const PLUGIN_NAME: &str = "session-manager-plugin";
+
+/// True when this process was started under the plugin's name.
+fn invoked_as_plugin() -> bool {
+    std::env::args_os().next().is_some_and(|argv0| {
+        std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new(PLUGIN_NAME))
+    })
+}
+
 fn main() -> ExitCode {
+    if invoked_as_plugin() {
+        return plugin::main();
+    }
     let cli = Cli::parse();
     let service = matches!(
         cli.command,
         Command::Gateway(gateway::GatewayCommand::Run { .. })
             | Command::Agent(agent::AgentCommand::Run(_))
     );
-    logging::init(cli.global.verbose, service);
+    // The demo logs into its scratch directory: its terminal belongs to the shell.
+    if !matches!(cli.command, Command::Demo(_)) {
+        logging::init(cli.global.verbose, service);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
