@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::{BehaviorVersion, Region};
 use ssmx_client::{
     shell_join, PortForwarder, PortMode, SessionEnd, SessionEvent, SessionListState, SessionManager,
@@ -120,14 +123,35 @@ pub struct SessionsArgs {
     pub history: bool,
 }
 
+/// The variables that point the SDK at an endpoint of the user's choosing (a gateway).
+const ENDPOINT_ENV_VARS: &[&str] = &["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM"];
+
 /// The AWS configuration from the global options and the usual environment.
 pub(crate) async fn manager(global: &GlobalArgs) -> anyhow::Result<SessionManager> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(profile) = &global.profile {
         loader = loader.profile_name(profile);
     }
-    if let Some(region) = &global.region {
-        loader = loader.region(Region::new(region.clone()));
+    let endpoint_configured = global.endpoint_url.is_some()
+        || ENDPOINT_ENV_VARS
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+    match (&global.region, endpoint_configured) {
+        (Some(region), _) => loader = loader.region(Region::new(region.clone())),
+        // Against a gateway the region only scopes signatures: read it where users set it, not
+        // from EC2's metadata service, whose lookups away from EC2 take seconds and warn.
+        (None, true) => {
+            let mut profile = ProfileFileRegionProvider::builder();
+            if let Some(name) = &global.profile {
+                profile = profile.profile_name(name);
+            }
+            loader = loader.region(
+                RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(profile.build())
+                    .or_else(Region::new(GATEWAY_DEFAULT_REGION)),
+            );
+        }
+        (None, false) => {}
     }
     if let Some(url) = &global.endpoint_url {
         loader = loader.endpoint_url(url);

@@ -261,8 +261,16 @@ pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Res
                 "--speed must be a positive number"
             );
             let config = load_config(config.as_deref())?;
-            let store = Store::open(&database(&config, db.as_deref())?)?;
-            let path = match store.session(&session_id)?.and_then(|s| s.recording) {
+            let database = database(&config, db.as_deref())?;
+            // A gateway that never ran has no database: look for the recording by its name,
+            // and create nothing.
+            let recorded = match &database {
+                Database::File(path) if !path.exists() => None,
+                _ => Store::open(&database)?
+                    .session(&session_id)?
+                    .and_then(|s| s.recording),
+            };
+            let path = match recorded {
                 Some(path) => PathBuf::from(path),
                 None => config.recordings_dir()?.join(format!("{session_id}.cast")),
             };

@@ -105,6 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let endpoint = cli.global.endpoint_url.clone();
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Shell(args) => client::shell(&cli.global, args).await,
@@ -125,8 +126,41 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ssmx: {e:#}");
+            eprintln!("ssmx: {}", causes(&e));
+            if let Some(hint) = hint(&e, endpoint.as_deref()) {
+                eprintln!("ssmx: {hint}");
+            }
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes, outermost first, each said once (a cause whose text an outer
+/// error already carries is left out).
+fn causes(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !said.iter().any(|s| s.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
+}
+
+/// What to check after a failure that has a usual cause.
+fn hint(error: &anyhow::Error, endpoint: Option<&str>) -> Option<String> {
+    let refused = error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ssmx_client::Error>(),
+            Some(ssmx_client::Error::Unreachable { refused: true, .. })
+        )
+    });
+    match (refused, endpoint) {
+        (true, Some(url)) => Some(format!(
+            "nothing accepts connections at {url}: check that the gateway is running there (ssmx gateway run) and that --endpoint-url is right"
+        )),
+        (true, None) => Some("the connection was refused: check the endpoint configured for SSM".to_owned()),
+        _ => None,
     }
 }

@@ -9,7 +9,7 @@ use ssmx_channel::ChannelError;
 #[non_exhaustive]
 pub enum Error {
     /// The target has no agent connected to the service (`TargetNotConnected`).
-    #[error("target {target} is not connected: {message}")]
+    #[error("target {target} is not connected{}", extra_detail(target, message))]
     TargetNotConnected {
         /// The target as given to StartSession.
         target: String,
@@ -45,6 +45,8 @@ pub enum Error {
         operation: &'static str,
         /// What failed, outermost first.
         reason: String,
+        /// Nothing accepted the connection (the endpoint is up, but no server listens there).
+        refused: bool,
     },
     /// The service answered without a field the protocol requires.
     #[error("{operation} response lacks {field}")]
@@ -144,13 +146,18 @@ impl Error {
             return if no_credentials {
                 Error::NoCredentials(reason)
             } else {
-                Error::Unreachable { operation, reason }
+                Error::Unreachable {
+                    operation,
+                    reason,
+                    refused: crate::calls::connection_refused(&err),
+                }
             };
         }
         if let SdkError::TimeoutError(_) = &err {
             return Error::Unreachable {
                 operation,
                 reason: causes(&err),
+                refused: false,
             };
         }
         let code = err.code().map(str::to_owned);
@@ -175,8 +182,18 @@ impl Error {
     }
 }
 
+/// `: <message>` when the service's message says more than that `target` is not connected.
+fn extra_detail(target: &str, message: &str) -> String {
+    let plain = message.trim().trim_end_matches('.');
+    if plain.is_empty() || plain == format!("{target} is not connected") {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
 /// The error's message and its causes, outermost first, each once.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ssm::config::retry::RetryConfig;
+
+use crate::calls::{CallLog, NoRetryWhenRefused};
 use aws_sdk_ssm::config::timeout::TimeoutConfig;
 use aws_sdk_ssm::types::SessionState;
 use aws_types::SdkConfig;
@@ -139,14 +141,23 @@ impl SessionManagerBuilder {
     /// Builds the manager on an AWS SDK configuration (region, credentials and endpoint, which
     /// may be set with `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_SSM` or a profile).
     pub fn build(self, config: &SdkConfig) -> SessionManager {
+        let gateway = config
+            .endpoint_url()
+            .is_some_and(|url| !is_aws_endpoint(url));
         let mut ssm = aws_sdk_ssm::config::Builder::from(config)
             .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts))
-            .interceptor(crate::UniqueSignatures);
+            .interceptor(crate::UniqueSignatures)
+            .interceptor(CallLog);
         if let Some(t) = self.options.api_timeout {
             ssm = ssm.timeout_config(TimeoutConfig::builder().operation_timeout(t).build());
         }
         let mut kms = aws_sdk_kms::config::Builder::from(config)
-            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(self.options.api_attempts))
+            .interceptor(CallLog);
+        if gateway {
+            ssm = ssm.retry_classifier(NoRetryWhenRefused);
+            kms = kms.retry_classifier(NoRetryWhenRefused);
+        }
         if config.endpoint_url().is_some_and(is_aws_endpoint) {
             // An AWS SSM endpoint (aws-cli always hands one to the plugin) is no KMS endpoint:
             // KMS resolves its own from the region. Any other endpoint is a gateway serving both.
