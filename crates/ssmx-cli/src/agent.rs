@@ -10,8 +10,12 @@ use ssmx_agent::{register, Agent, AgentConfig, Registration};
 #[derive(clap::Subcommand)]
 pub enum AgentCommand {
     /// Register this host with a gateway using an activation; prints {"InstanceId":"mi-..."}.
+    #[command(
+        after_help = "Examples:\n  ssmx agent register --gateway https://gateway.example:8443 --activation-id ID --activation-code CODE"
+    )]
     Register(RegisterArgs),
     /// Run the agent until SIGINT or SIGTERM.
+    #[command(after_help = "Examples:\n  ssmx agent run")]
     Run(RunArgs),
 }
 

@@ -487,19 +487,28 @@ pub async fn sessions(global: &GlobalArgs, args: SessionsArgs) -> anyhow::Result
         SessionListState::Active
     };
     let list = manager.sessions(state).await?;
-    println!("SESSION ID\tTARGET\tSTATUS\tSTARTED\tENDED\tOWNER\tDOCUMENT");
-    for s in list {
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            s.session_id,
-            s.target,
-            s.status,
-            s.start_date.map(iso8601).unwrap_or_default(),
-            s.end_date.map(iso8601).unwrap_or_default(),
-            s.owner,
-            s.document_name
-        );
-    }
+    crate::table::print(
+        [
+            "SESSION ID",
+            "TARGET",
+            "STATUS",
+            "STARTED",
+            "ENDED",
+            "OWNER",
+            "DOCUMENT",
+        ],
+        list.into_iter().map(|s| {
+            [
+                s.session_id,
+                s.target,
+                s.status,
+                s.start_date.map(iso8601).unwrap_or_default(),
+                s.end_date.map(iso8601).unwrap_or_default(),
+                s.owner,
+                s.document_name,
+            ]
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,9 @@ use crate::client::{iso8601, manager};
 #[derive(clap::Subcommand)]
 pub enum GatewayCommand {
     /// Serve the SSM API, the MGS WebSockets and agent registration on one port.
+    #[command(
+        after_help = "Examples:\n  ssmx gateway run --config /etc/ssmx/gateway.toml\n  ssmx gateway run --listen 127.0.0.1:8080 --db gateway.db"
+    )]
     Run {
         /// Configuration file (TOML).
         #[arg(long)]
@@ -39,14 +42,24 @@ pub enum GatewayCommand {
     },
     /// Manage agent activations.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ssmx gateway activation create --config gateway.toml\n  ssmx gateway activation list"
+    )]
     Activation(ActivationCommand),
     /// Manage registered instances (through the running gateway's API).
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  ssmx gateway instance deregister mi-0123456789abcdef0")]
     Instance(InstanceCommand),
     /// Check access policies.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ssmx gateway policy check --config gateway.toml --user alice --action ssm:StartSession --resource '*'"
+    )]
     Policy(PolicyCommand),
     /// Play a recorded shell session back with its original timing.
+    #[command(
+        after_help = "Examples:\n  ssmx gateway replay alice-0123456789abcdef0\n  ssmx gateway replay alice-0123456789abcdef0 --speed 4 --max-pause 1"
+    )]
     Replay {
         /// The session id.
         session_id: String,
@@ -69,6 +82,7 @@ pub enum GatewayCommand {
 #[derive(clap::Subcommand)]
 pub enum ActivationCommand {
     /// Create an activation; prints {"ActivationId","ActivationCode"} as JSON.
+    #[command(after_help = "Examples:\n  ssmx gateway activation create --config gateway.toml")]
     Create {
         /// Configuration file (TOML), for the database location.
         #[arg(long)]
@@ -90,12 +104,16 @@ pub enum ActivationCommand {
         default_instance_name: Option<String>,
     },
     /// List activations with their use and expiry (DescribeActivations).
+    #[command(after_help = "Examples:\n  ssmx gateway activation list --json")]
     List {
         /// Print them as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// Delete an activation: no more instances register with it (DeleteActivation).
+    #[command(
+        after_help = "Examples:\n  ssmx gateway activation delete 4f1b2c3d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+    )]
     Delete {
         /// The activation id.
         activation_id: String,
@@ -108,7 +126,7 @@ pub enum PolicyCommand {
     /// Say whether a user may perform an action on a resource, and which statement of which
     /// policy decides, as IAM's policy simulator does. Exits 0 when allowed, 1 when denied.
     #[command(
-        after_help = "Example:\n  ssmx gateway policy check --config gateway.toml --user alice \\\n    --action ssm:StartSession \\\n    --resource arn:aws:ssm:us-east-1:000000000000:managed-instance/mi-0123456789abcdef0 \\\n    --context ssm:resourceTag/env=prod"
+        after_help = "Examples:\n  ssmx gateway policy check --config gateway.toml --user alice --action ssm:StartSession --resource arn:aws:ssm:us-east-1:000000000000:managed-instance/mi-0123456789abcdef0 --context ssm:resourceTag/env=prod"
     )]
     Check {
         /// Configuration file (TOML) with the users, groups and policies.
@@ -133,6 +151,9 @@ pub enum PolicyCommand {
 #[derive(clap::Subcommand)]
 pub enum InstanceCommand {
     /// Deregister an instance: its credentials stop working and its control channel is closed.
+    #[command(
+        after_help = "Examples:\n  ssmx --endpoint-url http://127.0.0.1:8080 gateway instance deregister mi-0123456789abcdef0"
+    )]
     Deregister {
         /// The instance (mi-…).
         instance_id: String,

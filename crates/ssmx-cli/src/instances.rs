@@ -59,6 +59,9 @@ struct ListArgs {
 #[derive(clap::Subcommand)]
 enum InstancesCommand {
     /// Add or change tags of a node (KEY=VALUE), or remove them (--remove KEY).
+    #[command(
+        after_help = "Examples:\n  ssmx instances tag mi-0123456789abcdef0 env=prod owner=alice\n  ssmx instances tag mi-0123456789abcdef0 --remove owner"
+    )]
     Tag {
         /// The node (mi-… or i-…).
         instance_id: String,
@@ -192,6 +195,11 @@ async fn node_tags(
     ssm: &aws_sdk_ssm::Client,
     instance_id: &str,
 ) -> anyhow::Result<Vec<(String, String)>> {
+    // Systems Manager tags only managed instances (`mi-…`); an EC2 instance's tags are EC2's,
+    // and ListTagsForResource refuses its id.
+    if !instance_id.starts_with("mi-") {
+        return Ok(Vec::new());
+    }
     let out = ssm
         .list_tags_for_resource()
         .resource_type(ResourceTypeForTagging::ManagedInstance)
@@ -212,37 +220,25 @@ fn now_seconds() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The table: one row a node, columns padded to their widest cell.
+/// The table: one row a node.
 fn print_table(nodes: &[Value], tags: &[Vec<(String, String)>], now: i64) {
-    let mut rows = vec![[
-        "INSTANCE ID",
-        "NAME",
-        "PING STATUS",
-        "LAST SEEN",
-        "PLATFORM",
-        "AGENT",
-        "IP",
-        "TAGS",
-        "NOTES",
-    ]
-    .map(str::to_owned)];
-    for (node, tags) in nodes.iter().zip(tags) {
-        rows.push(row(node, tags, now));
-    }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in &rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
+    crate::table::print(
+        [
+            "INSTANCE ID",
+            "NAME",
+            "PING STATUS",
+            "LAST SEEN",
+            "PLATFORM",
+            "AGENT",
+            "IP",
+            "TAGS",
+            "NOTES",
+        ],
+        nodes
+            .iter()
+            .zip(tags)
+            .map(|(node, tags)| row(node, tags, now)),
+    );
 }
 
 fn row(node: &Value, tags: &[(String, String)], now: i64) -> [String; 9] {

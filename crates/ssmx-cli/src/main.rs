@@ -9,6 +9,7 @@ mod instances;
 mod logging;
 mod plugin;
 mod run;
+mod table;
 
 use client::ui;
 
@@ -16,9 +17,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// AWS Systems Manager Session Manager and Run Command, all three ends.
+/// AWS Systems Manager Session Manager and Run Command: the client (shells, port forwarding,
+/// SSH, commands, Run Command), the agent for target hosts, and a self-hosted gateway that
+/// stands in for the AWS service.
 #[derive(Parser)]
-#[command(name = "ssmx", version, about)]
+#[command(name = "ssmx", version)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -46,31 +49,63 @@ pub struct GlobalArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Interactive shell on a target.
+    #[command(
+        after_help = "Examples:\n  ssmx shell i-0123456789abcdef0\n  ssmx --endpoint-url http://127.0.0.1:8080 shell mi-0123456789abcdef0"
+    )]
     Shell(client::ShellArgs),
     /// Forward local ports to a target (or a host reachable from it).
+    #[command(
+        after_help = "Examples:\n  ssmx port-forward i-0123456789abcdef0 --remote-port 5432 --local-port 5432\n  ssmx port-forward i-0123456789abcdef0 -L 8080:internal-alb:80 -L 6379:redis.internal:6379\n  ssmx port-forward i-0123456789abcdef0 -D 1080     # a SOCKS5 proxy through the node"
+    )]
     PortForward(client::PortForwardArgs),
     /// Byte pipe to the target's SSH port, for `ssh -o ProxyCommand=...`.
+    #[command(
+        after_help = "Examples:\n  ssh -o ProxyCommand='ssmx ssh-proxy %h --port %p' ec2-user@i-0123456789abcdef0"
+    )]
     SshProxy(client::SshProxyArgs),
     /// Run a command on a target; exits with its exit code.
+    #[command(
+        after_help = "Examples:\n  ssmx exec i-0123456789abcdef0 -- systemctl status nginx\n  ssmx exec i-0123456789abcdef0 -- sh -c 'df -h | head'"
+    )]
     Exec(client::ExecArgs),
     /// List or terminate sessions.
+    #[command(
+        after_help = "Examples:\n  ssmx sessions\n  ssmx sessions --history\n  ssmx sessions --terminate alice-0123456789abcdef0"
+    )]
     Sessions(client::SessionsArgs),
     /// Run a command on many nodes with Run Command; exits 0 only if it succeeded on every one.
+    #[command(
+        after_help = "Examples:\n  ssmx run --instance-ids mi-0123456789abcdef0 -- uptime\n  ssmx run --targets Key=tag:env,Values=prod --max-concurrency 10% --max-errors 1 -- apt-get -y upgrade"
+    )]
     Run(run::RunArgs),
     /// List, show or cancel Run Command commands.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ssmx commands list --max 10\n  ssmx commands show 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab\n  ssmx commands cancel 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab"
+    )]
     Commands(run::CommandsCommand),
     /// List the fleet's nodes: reachability, last contact, platform, agent, tags; or tag them.
+    #[command(
+        after_help = "Examples:\n  ssmx instances\n  ssmx instances --tag env=prod --status Online\n  ssmx instances tag mi-0123456789abcdef0 env=prod team=web"
+    )]
     Instances(instances::InstancesArgs),
     /// Run or administer the self-hosted gateway.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ssmx gateway run --config gateway.toml\n  ssmx gateway activation create --config gateway.toml"
+    )]
     Gateway(gateway::GatewayCommand),
     /// Register or run the agent on a target host.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  ssmx agent register --gateway http://127.0.0.1:8080 --activation-id ID --activation-code CODE\n  ssmx agent run"
+    )]
     Agent(agent::AgentCommand),
     /// Start a gateway and an agent locally and open a shell through them.
+    #[command(after_help = "Examples:\n  ssmx demo\n  ssmx demo --serve --listen 127.0.0.1:8080")]
     Demo(demo::DemoArgs),
     /// Measure throughput, latency, set-up time and concurrency end to end on loopback.
+    #[command(after_help = "Examples:\n  ssmx bench")]
     Bench(bench::BenchArgs),
 }
 
@@ -162,5 +197,60 @@ fn hint(error: &anyhow::Error, endpoint: Option<&str>) -> Option<String> {
         )),
         (true, None) => Some("the connection was refused: check the endpoint configured for SSM".to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// Splits an example line as a shell would, for the quoting the examples use: words, and
+    /// '…' quoted words; a `#` word starts a comment.
+    fn words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut rest = line.trim();
+        while !rest.is_empty() {
+            let (word, tail) = match rest.strip_prefix('\'') {
+                Some(quoted) => quoted.split_once('\'').expect("closing quote"),
+                None => rest.split_once(' ').unwrap_or((rest, "")),
+            };
+            if word == "#" {
+                break;
+            }
+            words.push(word.to_owned());
+            rest = tail.trim_start();
+        }
+        words
+    }
+
+    /// Every subcommand's help ends with examples, and each `ssmx …` example parses.
+    #[test]
+    fn every_subcommand_has_examples_that_parse() {
+        fn visit(command: &clap::Command, path: &str, checked: &mut usize) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .unwrap_or_else(|| panic!("`{path}` has no examples"))
+                    .to_string();
+                assert!(help.starts_with("Examples:"), "{path}: {help}");
+                for line in help.lines().skip(1) {
+                    let argv = words(line);
+                    if argv.first().map(String::as_str) != Some("ssmx") {
+                        continue;
+                    }
+                    if let Err(e) = Cli::try_parse_from(&argv) {
+                        panic!("`{path}` example {line:?} does not parse: {e}");
+                    }
+                    *checked += 1;
+                }
+                visit(sub, &path, checked);
+            }
+        }
+        let mut checked = 0;
+        visit(&Cli::command(), "ssmx", &mut checked);
+        assert!(checked > 20, "only {checked} examples checked");
     }
 }

@@ -85,6 +85,9 @@ pub struct RunArgs {
 #[derive(clap::Subcommand)]
 pub enum CommandsCommand {
     /// List commands, newest first (tab-separated).
+    #[command(
+        after_help = "Examples:\n  ssmx commands list\n  ssmx commands list --instance-id mi-0123456789abcdef0 --max 5"
+    )]
     List {
         /// Only commands sent to this node.
         #[arg(long)]
@@ -94,6 +97,9 @@ pub enum CommandsCommand {
         max: usize,
     },
     /// Per-node status and output of a command.
+    #[command(
+        after_help = "Examples:\n  ssmx commands show 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab --json"
+    )]
     Show {
         /// The command.
         command_id: String,
@@ -102,6 +108,9 @@ pub enum CommandsCommand {
         json: bool,
     },
     /// Cancel a command on every node it has not finished on (or on the given ones).
+    #[command(
+        after_help = "Examples:\n  ssmx commands cancel 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab --instance-ids mi-0123456789abcdef0"
+    )]
     Cancel {
         /// The command.
         command_id: String,
@@ -673,7 +682,7 @@ async fn show(global: &GlobalArgs, command_id: &str, json: bool) -> anyhow::Resu
     report(json, &command, &invocations, &results)
 }
 
-/// `ssmx commands list`: one tab-separated line per command.
+/// `ssmx commands list`: a table, one row per command, newest first.
 async fn list(
     global: &GlobalArgs,
     instance_id: Option<String>,
@@ -686,9 +695,8 @@ async fn list(
         .into_paginator()
         .items()
         .send();
-    println!("COMMAND ID\tDOCUMENT\tSTATUS\tREQUESTED\tTARGETS\tCOMPLETED\tERRORS\tCOMMENT");
-    let mut shown = 0;
-    while shown < max {
+    let mut rows = Vec::new();
+    while rows.len() < max {
         let Some(c) = pages
             .try_next()
             .await
@@ -696,21 +704,32 @@ async fn list(
         else {
             break;
         };
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            c.command_id().unwrap_or_default(),
-            c.document_name().unwrap_or_default(),
-            c.status().map_or("", |s| s.as_str()),
+        rows.push([
+            c.command_id().unwrap_or_default().to_owned(),
+            c.document_name().unwrap_or_default().to_owned(),
+            c.status().map_or("", |s| s.as_str()).to_owned(),
             c.requested_date_time()
                 .map(|t| iso8601(t.secs()))
                 .unwrap_or_default(),
-            c.target_count(),
-            c.completed_count(),
-            c.error_count(),
-            c.comment().unwrap_or_default()
-        );
-        shown += 1;
+            c.target_count().to_string(),
+            c.completed_count().to_string(),
+            c.error_count().to_string(),
+            c.comment().unwrap_or_default().to_owned(),
+        ]);
     }
+    crate::table::print(
+        [
+            "COMMAND ID",
+            "DOCUMENT",
+            "STATUS",
+            "REQUESTED",
+            "TARGETS",
+            "COMPLETED",
+            "ERRORS",
+            "COMMENT",
+        ],
+        rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

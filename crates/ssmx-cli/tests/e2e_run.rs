@@ -462,16 +462,19 @@ fn ssmx_commands_list_show_and_cancel() {
     stack.assert_exit(&listed, 0);
     let listed = text(&listed.stdout);
     let rows: Vec<&str> = listed.lines().collect();
-    assert!(rows[0].starts_with("COMMAND ID\t"), "{listed}");
+    assert!(rows[0].starts_with("COMMAND ID  "), "{listed}");
     assert_eq!(rows.len(), 3, "{listed}");
-    // Newest first.
+    // Newest first, in aligned columns.
     assert!(rows[1].starts_with(&running), "{listed}");
-    assert!(
-        rows[2].contains("\tSuccess\t") && rows[2].ends_with("\tlisted"),
+    let status_column = rows[0].find("STATUS").unwrap();
+    assert_eq!(
+        rows[2][status_column..].split_whitespace().next(),
+        Some("Success"),
         "{listed}"
     );
+    assert!(rows[2].ends_with("  listed"), "{listed}");
 
-    let finished_id = rows[2].split('\t').next().unwrap();
+    let finished_id = rows[2].split_whitespace().next().unwrap();
     let shown = ssmx(&stack, &["commands", "show", finished_id]);
     stack.assert_exit(&shown, 0);
     assert_eq!(text(&shown.stdout), "shown\n");

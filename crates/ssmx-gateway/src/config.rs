@@ -147,7 +147,7 @@ pub struct Config {
     pub recordings_max_total_mib: Option<u64>,
     /// How often retention runs, in seconds (default 600).
     pub recordings_sweep_seconds: Option<u64>,
-    /// Seconds a session waits for a dropped client to resume.
+    /// Seconds a session waits for a dropped client to resume (default 60).
     pub disconnect_timeout_seconds: Option<u64>,
     /// Seconds a started session waits for its client to open the data channel before it
     /// fails (default and most: the StreamUrl token's lifetime, 300).
