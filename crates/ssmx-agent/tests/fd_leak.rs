@@ -1,6 +1,7 @@
 //! Sessions leave no file descriptors behind in the agent (its own test binary, so no other test
 //! opens descriptors in this process meanwhile).
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use common::{eventually, Seen, Stack, CLIENT_VERSION};

@@ -2,6 +2,7 @@
 //! registration, its API and KMS calls) and the client trust it through `SSL_CERT_FILE`, and an
 //! encrypted session runs over it.
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use common::Stack;

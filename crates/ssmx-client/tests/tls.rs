@@ -1,6 +1,7 @@
 //! The data channel over `wss://` (rustls), trusting a private CA through `SSL_CERT_FILE` the
 //! way the system trust store is configured. Its own test binary: the variable is process-wide.
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! 200; SSMX_BENCH_ROUNDS the number of rounds, default 5; SSMX_BENCH_MODES=shell or =port runs
 //! only the modes whose label contains that word).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use std::time::Instant;
