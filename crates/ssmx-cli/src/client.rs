@@ -51,6 +51,9 @@ const UI: Ui = Ui {
 /// Arguments of `ssmx shell`.
 #[derive(clap::Args)]
 pub struct ShellArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Managed node to connect to (i-…, mi-…).
     pub target: String,
     /// Session document (default: the service's shell preferences document).
@@ -67,6 +70,9 @@ pub struct ShellArgs {
 /// Arguments of `ssmx port-forward`.
 #[derive(clap::Args)]
 pub struct PortForwardArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Managed node to forward through.
     pub target: String,
     /// Destination port (on the target, or on --host).
@@ -92,6 +98,9 @@ pub struct PortForwardArgs {
 /// Arguments of `ssmx ssh-proxy`.
 #[derive(clap::Args)]
 pub struct SshProxyArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Managed node to reach (use `%h` in ssh's ProxyCommand).
     pub target: String,
     /// SSH port on the target.
@@ -102,6 +111,9 @@ pub struct SshProxyArgs {
 /// Arguments of `ssmx exec`.
 #[derive(clap::Args)]
 pub struct ExecArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Managed node to run the command on.
     pub target: String,
     /// NonInteractiveCommands document with a `command` parameter.
@@ -115,6 +127,9 @@ pub struct ExecArgs {
 /// Arguments of `ssmx sessions`.
 #[derive(clap::Args)]
 pub struct SessionsArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Terminate this session instead of listing.
     #[arg(long, value_name = "SESSION_ID")]
     pub terminate: Option<String>,

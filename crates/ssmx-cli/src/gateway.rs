@@ -106,6 +106,9 @@ pub enum ActivationCommand {
     /// List activations with their use and expiry (DescribeActivations).
     #[command(after_help = "Examples:\n  ssmx gateway activation list --json")]
     List {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// Print them as a JSON array.
         #[arg(long)]
         json: bool,
@@ -115,6 +118,9 @@ pub enum ActivationCommand {
         after_help = "Examples:\n  ssmx gateway activation delete 4f1b2c3d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
     )]
     Delete {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// The activation id.
         activation_id: String,
     },
@@ -155,6 +161,9 @@ pub enum InstanceCommand {
         after_help = "Examples:\n  ssmx --endpoint-url http://127.0.0.1:8080 gateway instance deregister mi-0123456789abcdef0"
     )]
     Deregister {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// The instance (mi-…).
         instance_id: String,
     },
@@ -247,11 +256,11 @@ pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Res
             println!("{}", serde_json::to_string(&activation)?);
             Ok(ExitCode::SUCCESS)
         }
-        GatewayCommand::Activation(ActivationCommand::List { json }) => {
-            list_activations(&ssm(global).await?, json).await
+        GatewayCommand::Activation(ActivationCommand::List { aws, json }) => {
+            list_activations(&ssm(&global.with(&aws)).await?, json).await
         }
-        GatewayCommand::Activation(ActivationCommand::Delete { activation_id }) => {
-            ssm(global)
+        GatewayCommand::Activation(ActivationCommand::Delete { aws, activation_id }) => {
+            ssm(&global.with(&aws))
                 .await?
                 .delete_activation()
                 .activation_id(&activation_id)
@@ -260,8 +269,8 @@ pub async fn run(global: &crate::GlobalArgs, cmd: GatewayCommand) -> anyhow::Res
                 .map_err(|e| Error::from_api("DeleteActivation", &activation_id, e))?;
             Ok(ExitCode::SUCCESS)
         }
-        GatewayCommand::Instance(InstanceCommand::Deregister { instance_id }) => {
-            ssm(global)
+        GatewayCommand::Instance(InstanceCommand::Deregister { aws, instance_id }) => {
+            ssm(&global.with(&aws))
                 .await?
                 .deregister_managed_instance()
                 .instance_id(&instance_id)

@@ -32,6 +32,9 @@ const CLOCK_SKEW_WARNING: i64 = 60;
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct InstancesArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    aws: crate::AwsOptions,
     #[command(subcommand)]
     command: Option<InstancesCommand>,
     #[command(flatten)]
@@ -63,6 +66,9 @@ enum InstancesCommand {
         after_help = "Examples:\n  ssmx instances tag mi-0123456789abcdef0 env=prod owner=alice\n  ssmx instances tag mi-0123456789abcdef0 --remove owner"
     )]
     Tag {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// The node (mi-… or i-…).
         instance_id: String,
         /// Tags to add or overwrite.
@@ -84,14 +90,18 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
 
 /// Runs `ssmx instances`.
 pub async fn run(global: &GlobalArgs, args: InstancesArgs) -> anyhow::Result<ExitCode> {
-    let ssm = manager(global).await?.ssm().clone();
+    let global = global.with(&args.aws);
     match args.command {
-        None => list(&ssm, args.list).await,
+        None => list(&manager(&global).await?.ssm().clone(), args.list).await,
         Some(InstancesCommand::Tag {
+            aws,
             instance_id,
             tags,
             remove,
-        }) => tag(&ssm, &instance_id, tags, remove).await,
+        }) => {
+            let ssm = manager(&global.with(&aws)).await?.ssm().clone();
+            tag(&ssm, &instance_id, tags, remove).await
+        }
     }
 }
 

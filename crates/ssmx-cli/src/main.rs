@@ -29,21 +29,51 @@ struct Cli {
     command: Command,
 }
 
-/// Options every subcommand understands.
+/// Options given before the subcommand.
 #[derive(Args, Clone, Debug)]
 pub struct GlobalArgs {
     /// AWS shared-config profile.
-    #[arg(long, global = true, env = "AWS_PROFILE")]
+    #[arg(long, env = "AWS_PROFILE")]
     pub profile: Option<String>,
     /// AWS region.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub region: Option<String>,
     /// SSM API endpoint (an ssmx gateway, or a custom AWS endpoint).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub endpoint_url: Option<String>,
     /// More logging (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The SSM API options of the subcommands that call it, also accepted after the subcommand
+/// (where they win over the same option before it).
+#[derive(Args, Clone, Debug, Default)]
+pub struct AwsOptions {
+    /// AWS shared-config profile.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// AWS region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// SSM API endpoint (an ssmx gateway, or a custom AWS endpoint).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+impl GlobalArgs {
+    /// These options, with those a subcommand was given taking their place.
+    pub fn with(&self, aws: &AwsOptions) -> GlobalArgs {
+        GlobalArgs {
+            profile: aws.profile.clone().or_else(|| self.profile.clone()),
+            region: aws.region.clone().or_else(|| self.region.clone()),
+            endpoint_url: aws
+                .endpoint_url
+                .clone()
+                .or_else(|| self.endpoint_url.clone()),
+            verbose: self.verbose,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -143,12 +173,14 @@ fn main() -> ExitCode {
     let endpoint = cli.global.endpoint_url.clone();
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Shell(args) => client::shell(&cli.global, args).await,
-            Command::PortForward(args) => client::port_forward(&cli.global, args).await,
-            Command::SshProxy(args) => client::ssh_proxy(&cli.global, args).await,
-            Command::Exec(args) => client::exec(&cli.global, args).await,
-            Command::Sessions(args) => client::sessions(&cli.global, args).await,
-            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Shell(args) => client::shell(&cli.global.with(&args.aws), args).await,
+            Command::PortForward(args) => {
+                client::port_forward(&cli.global.with(&args.aws), args).await
+            }
+            Command::SshProxy(args) => client::ssh_proxy(&cli.global.with(&args.aws), args).await,
+            Command::Exec(args) => client::exec(&cli.global.with(&args.aws), args).await,
+            Command::Sessions(args) => client::sessions(&cli.global.with(&args.aws), args).await,
+            Command::Run(args) => run::run(&cli.global.with(&args.aws), args).await,
             Command::Commands(cmd) => run::commands(&cli.global, cmd).await,
             Command::Instances(args) => instances::run(&cli.global, args).await,
             Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
@@ -223,6 +255,48 @@ mod tests {
             rest = tail.trim_start();
         }
         words
+    }
+
+    /// The SSM API options go before the subcommand or after it, and only to the subcommands
+    /// that call the API.
+    #[test]
+    fn api_options_apply_where_the_api_is_called() {
+        let parsed = Cli::try_parse_from([
+            "ssmx",
+            "--region",
+            "eu-west-1",
+            "--endpoint-url",
+            "http://a",
+            "shell",
+            "mi-1",
+            "--endpoint-url",
+            "http://b",
+        ])
+        .unwrap();
+        let super::Command::Shell(args) = &parsed.command else {
+            panic!("not a shell")
+        };
+        let merged = parsed.global.with(&args.aws);
+        assert_eq!(merged.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(merged.endpoint_url.as_deref(), Some("http://b"));
+        for command in [
+            &["ssmx", "gateway", "run", "--region", "x"][..],
+            &["ssmx", "agent", "run", "--region", "x"],
+            &["ssmx", "demo", "--endpoint-url", "x"],
+        ] {
+            assert!(
+                Cli::try_parse_from(command).is_err(),
+                "{command:?} accepted"
+            );
+        }
+        let mut help = Vec::new();
+        Cli::command()
+            .find_subcommand_mut("gateway")
+            .and_then(|g| g.find_subcommand_mut("run"))
+            .unwrap()
+            .write_long_help(&mut help)
+            .unwrap();
+        assert!(!String::from_utf8(help).unwrap().contains("--region"));
     }
 
     /// Every subcommand's help ends with examples, and each `ssmx …` example parses.

@@ -48,6 +48,9 @@ const BAR_WIDTH: usize = 24;
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("nodes").required(true).args(["targets", "instance_ids"])))]
 pub struct RunArgs {
+    /// Where and as whom the SSM API is called.
+    #[command(flatten)]
+    pub aws: crate::AwsOptions,
     /// Nodes by target, as aws-cli writes them: Key=InstanceIds,Values=ID,ID or
     /// Key=tag:NAME,Values=V,V or Key=tag-key,Values=NAME; repeat to narrow down.
     #[arg(long, value_name = "Key=KEY,Values=V,V", value_parser = parse_target)]
@@ -89,6 +92,9 @@ pub enum CommandsCommand {
         after_help = "Examples:\n  ssmx commands list\n  ssmx commands list --instance-id mi-0123456789abcdef0 --max 5"
     )]
     List {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// Only commands sent to this node.
         #[arg(long)]
         instance_id: Option<String>,
@@ -101,6 +107,9 @@ pub enum CommandsCommand {
         after_help = "Examples:\n  ssmx commands show 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab --json"
     )]
     Show {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// The command.
         command_id: String,
         /// Print the invocations as JSON on stdout.
@@ -112,6 +121,9 @@ pub enum CommandsCommand {
         after_help = "Examples:\n  ssmx commands cancel 0b6f5c3e-1a2b-4c5d-8e9f-0123456789ab --instance-ids mi-0123456789abcdef0"
     )]
     Cancel {
+        /// Where and as whom the SSM API is called.
+        #[command(flatten)]
+        aws: crate::AwsOptions,
         /// The command.
         command_id: String,
         /// Only on these nodes.
@@ -152,12 +164,21 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode>
 /// Runs `ssmx commands`.
 pub async fn commands(global: &GlobalArgs, cmd: CommandsCommand) -> anyhow::Result<ExitCode> {
     Ok(or_failure(match cmd {
-        CommandsCommand::List { instance_id, max } => list(global, instance_id, max).await,
-        CommandsCommand::Show { command_id, json } => show(global, &command_id, json).await,
+        CommandsCommand::List {
+            aws,
+            instance_id,
+            max,
+        } => list(&global.with(&aws), instance_id, max).await,
+        CommandsCommand::Show {
+            aws,
+            command_id,
+            json,
+        } => show(&global.with(&aws), &command_id, json).await,
         CommandsCommand::Cancel {
+            aws,
             command_id,
             instance_ids,
-        } => cancel(global, &command_id, instance_ids).await,
+        } => cancel(&global.with(&aws), &command_id, instance_ids).await,
     }))
 }
 
