@@ -103,10 +103,17 @@ impl Registration {
     }
 }
 
-/// `<user data dir>/ssmx/agent`, the default state directory.
+/// The default state directory: [`SYSTEM_STATE_DIR`] for root, else
+/// `<user data dir>/ssmx/agent`.
 pub fn default_state_dir() -> Option<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Some(PathBuf::from(SYSTEM_STATE_DIR));
+    }
     dirs::data_dir().map(|d| d.join("ssmx").join("agent"))
 }
+
+/// The state directory of an agent run by root, as the packaged service runs it.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/ssmx/agent";
 
 /// Checks that `url` is an absolute http(s) URL and returns it without a trailing slash.
 pub(crate) fn parse_gateway_url(url: &str) -> Result<url::Url, AgentError> {

@@ -31,7 +31,8 @@ pub struct RegisterArgs {
     /// Activation code.
     #[arg(long, env = "SSMX_ACTIVATION_CODE", hide_env_values = true)]
     activation_code: String,
-    /// Where the registration is stored [default: <user data dir>/ssmx/agent].
+    /// Where the registration is stored [default: /var/lib/ssmx/agent for root, else <user data
+    /// dir>/ssmx/agent].
     #[arg(long)]
     state_dir: Option<PathBuf>,
 }
@@ -39,7 +40,8 @@ pub struct RegisterArgs {
 /// Arguments of `ssmx agent run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Directory holding the registration [default: <user data dir>/ssmx/agent].
+    /// Directory holding the registration [default: /var/lib/ssmx/agent for root, else <user
+    /// data dir>/ssmx/agent].
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Where session transcripts go [default: <state dir>/logs].
@@ -76,6 +78,7 @@ pub async fn run(_global: &crate::GlobalArgs, cmd: AgentCommand) -> anyhow::Resu
             let registration = Registration::load(&state_dir)?;
             let mut config = AgentConfig::new(registration);
             config.log_dir = Some(args.log_dir.unwrap_or_else(|| state_dir.join("logs")));
+            config.commands_dir = Some(state_dir.join("commands"));
             config.commands_dir = Some(state_dir.join("commands"));
             config.shell = args.shell;
             config.session_user = args.session_user;
