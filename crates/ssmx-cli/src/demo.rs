@@ -64,6 +64,7 @@ pub async fn run(global: &crate::GlobalArgs, args: DemoArgs) -> anyhow::Result<E
     let gateway = Gateway::builder()
         .config(Config {
             documents_dir: Some(documents),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..Config::default()
         })
         .listen(args.listen)
@@ -110,7 +111,7 @@ async fn with_gateway(
                 .await,
             "the agent did not connect to the gateway within {AGENT_ONLINE_TIMEOUT:?}"
         );
-        print_banner(gateway.url(), credential, &instance_id, scratch);
+        print_banner(gateway, credential, &instance_id, scratch);
         if serve {
             eprintln!("Serving until Ctrl-C.");
             tokio::signal::ctrl_c()
@@ -131,6 +132,8 @@ async fn with_gateway(
     result
 }
 
+/// The local port of the banner's port-forwarding example (to the metrics, through the agent).
+const DEMO_FORWARD_PORT: u16 = 8022;
 /// The demo's log, in the scratch directory.
 const LOG_FILE: &str = "demo.log";
 
@@ -175,11 +178,14 @@ async fn demo_client(url: &str, credential: &ApiCredential) -> SessionManager {
     SessionManager::new(&config)
 }
 
-fn print_banner(url: &str, credential: &ApiCredential, instance_id: &str, scratch: &Path) {
+fn print_banner(gateway: &Gateway, credential: &ApiCredential, instance_id: &str, scratch: &Path) {
+    let url = gateway.url();
+    let metrics_port = gateway.metrics_addr().map_or(0, |a| a.port());
     eprintln!(
         "\
 ssmx demo: a gateway at {url} and the agent {instance_id}, both in this process.
 State, recordings and the log ({log}) are in {scratch}, removed when the demo ends.
+The gateway's metrics: http://127.0.0.1:{metrics_port}/metrics
 
 This terminal now opens a shell on the agent. `exit` (or Ctrl-D) ends it, and so does Enter
 then `~.`; the gateway and the agent stop with it.
@@ -190,7 +196,7 @@ From another terminal, while this one is open:
   ssmx --endpoint-url {url} shell {instance_id}
   ssmx --endpoint-url {url} exec {instance_id} -- uname -a
   ssmx --endpoint-url {url} run --instance-ids {instance_id} -- echo hello from Run Command
-  ssmx --endpoint-url {url} port-forward {instance_id} --remote-port 22 --local-port 2222
+  ssmx --endpoint-url {url} port-forward {instance_id} --remote-port {metrics_port} --local-port {DEMO_FORWARD_PORT}   # then: curl http://127.0.0.1:{DEMO_FORWARD_PORT}/metrics
   aws ssm start-session --endpoint-url {url} --target {instance_id}   # with aws-cli installed
 ",
         scratch = scratch.display(),

@@ -83,18 +83,60 @@ fn demo_opens_a_shell_its_banner_commands_work_and_it_leaves_nothing_behind() {
         );
     }
 
-    // aws-cli with the plugin the demo put on PATH, in a terminal of its own.
-    let aws = banner_line(&banner, "aws ssm start-session", "");
-    let other_dir = tempfile::tempdir().unwrap();
-    let other = Tmux::start(other_dir.path(), &second_terminal(&exports, &aws), 120, 30);
-    other.wait_for_text("(ssmx demo) ");
-    other.type_text("echo second-$((2+3))");
-    other.send_keys(&["Enter"]);
-    other.wait_for_text("second-5");
-    other.type_text("exit");
-    other.send_keys(&["Enter"]);
-    let screen = other.wait_for_text("[exit ");
-    assert!(screen.contains("[exit 0]"), "{screen}");
+    // ssmx shell, and aws-cli with the plugin the demo put on PATH, each in a terminal of its
+    // own.
+    for line in [
+        banner_line(&banner, "ssmx --endpoint-url", " shell "),
+        banner_line(&banner, "aws ssm start-session", ""),
+    ] {
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Tmux::start(other_dir.path(), &second_terminal(&exports, &line), 120, 30);
+        other.wait_for_text("(ssmx demo) ");
+        other.type_text("echo second-$((2+3))");
+        other.send_keys(&["Enter"]);
+        other.wait_for_text("second-5");
+        other.type_text("exit");
+        other.send_keys(&["Enter"]);
+        let screen = other.wait_for_text("[exit ");
+        assert!(screen.contains("[exit 0]"), "{line}\n{screen}");
+    }
+
+    // The port forward reaches the gateway's metrics through the agent, as the banner says.
+    let forward = banner_line(&banner, "ssmx --endpoint-url", " port-forward ");
+    let curl = banner
+        .lines()
+        .find(|l| l.contains(" port-forward "))
+        .and_then(|l| l.split("# then: ").nth(1))
+        .expect("the banner says what to do with the forward")
+        .trim()
+        .to_owned();
+    let mut forwarding = common::ChildGuard(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {}",
+                second_terminal(&exports, &format!("exec {forward}"))
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        "port-forward",
+    );
+    let metrics = common::wait_for(
+        || {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("{curl} -sf"))
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("ssmx_connected_agents 1").then_some(text)
+        },
+        "the metrics through the port forward",
+    );
+    assert!(metrics.contains("# EOF"), "{metrics}");
+    forwarding.kill();
 
     // The demo's own shell; no log line reached its terminal.
     tmux.type_text("echo demo-$((4*4))-ok");
