@@ -356,6 +356,9 @@ pub(crate) struct Session {
     pub target: String,
     /// The session type of its document (`Standard_Stream`, `Port`, …).
     pub session_type: String,
+    /// Its document's name, and whether StartSession named it (or it is the default).
+    pub document: String,
+    pub document_named: bool,
     pub owner_arn: String,
     pub idle_timeout: Option<Duration>,
     /// The encoded `interactive_shell` frame.
@@ -379,6 +382,8 @@ pub(crate) struct NewSession {
     pub id: String,
     pub target: String,
     pub session_type: String,
+    pub document: String,
+    pub document_named: bool,
     pub owner_arn: String,
     pub inputs: SessionInputs,
     pub idle_timeout_minutes: u64,
@@ -395,6 +400,8 @@ impl Session {
             id: new.id,
             target: new.target,
             session_type: new.session_type,
+            document: new.document,
+            document_named: new.document_named,
             owner_arn: new.owner_arn,
             idle_timeout: (new.idle_timeout_minutes > 0)
                 .then(|| Duration::from_secs(new.idle_timeout_minutes * 60)),

@@ -61,8 +61,7 @@ fn aws_cli_runs_an_encrypted_session_through_our_plugin() {
 fn aws_cli_port_forwarding_session_forwards_tcp() {
     let stack = Stack::start();
     let echo = crate::common::echo_server();
-    let local = crate::common::free_port();
-    let _session = ChildGuard(
+    let mut session = ChildGuard(
         stack
             .aws()
             .args(["ssm", "start-session", "--target", &stack.instance_id])
@@ -72,15 +71,16 @@ fn aws_cli_port_forwarding_session_forwards_tcp() {
                 "--parameters",
             ])
             .arg(format!(
-                r#"{{"portNumber":["{echo}"],"localPortNumber":["{local}"]}}"#
+                r#"{{"portNumber":["{echo}"],"localPortNumber":["0"]}}"#
             ))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
         "aws ssm start-session",
     );
+    let local = crate::common::opened_port(session.0.stdout.take().unwrap());
     let mut conn = crate::common::connect(local);
     let data = crate::common::pattern(100_000, 3);
     assert!(crate::common::echo_roundtrip(&mut conn, &data) == data);

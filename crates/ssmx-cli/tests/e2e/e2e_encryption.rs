@@ -141,19 +141,19 @@ fn encrypted_port_forwarding_moves_bytes_intact() {
     // Session preferences apply to the port-forwarding documents too.
     let stack = Stack::start_with(&[encrypting_preferences()], "");
     let echo = crate::common::echo_server();
-    let local = crate::common::free_port();
-    let _forward = ChildGuard(
+    let mut forward = ChildGuard(
         stack
             .ssmx()
             .args(["port-forward", &stack.instance_id])
             .args(["--remote-port", &echo.to_string()])
-            .args(["--local-port", &local.to_string()])
+            .args(["--local-port", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
         "port-forward",
     );
+    let local = crate::common::opened_port(forward.0.stderr.take().unwrap());
     let mut conn = crate::common::connect(local);
     let data = crate::common::pattern(4 * 1024 * 1024 + 17, 9);
     let back = echo_roundtrip(&mut conn, &data);

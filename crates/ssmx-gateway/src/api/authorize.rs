@@ -77,9 +77,33 @@ fn check_session(
     principal.authorize_owned(action, &resource, owner == principal.arn)
 }
 
+/// StartSession is allowed on the target, and on the document when one is named; the default
+/// document is checked too when the statement allowing the target asks for it with
+/// `ssm:SessionDocumentAccessCheck` (as AWS does).
+pub(super) fn session_start(
+    hub: &Hub,
+    principal: &Principal,
+    target: &str,
+    named_document: Option<&str>,
+    default_document: &str,
+) -> Result<(), ApiError> {
+    const ACTION: &str = "ssm:StartSession";
+    let allowed = principal.decide(ACTION, &instance(hub, target)?, false)?;
+    let check_document =
+        named_document.is_some() || allowed.allowed_by.iter().any(|s| s.asks_document_check());
+    if check_document {
+        principal.authorize(
+            ACTION,
+            &document(hub, named_document.unwrap_or(default_document))?,
+        )?;
+    }
+    Ok(())
+}
+
 /// A user who signs a session's data-channel upgrade must, under the policies in force now,
-/// still be allowed to start sessions on its target, and must own the session or be allowed to
-/// resume it. An ended or unknown session passes: the token check that follows refuses it.
+/// still be allowed to start that session (its target and document), and must own the session
+/// or be allowed to resume it. An ended or unknown session passes: the token check that
+/// follows refuses it.
 pub(crate) fn data_channel_upgrade(
     hub: &Hub,
     principal: &Principal,
@@ -88,7 +112,8 @@ pub(crate) fn data_channel_upgrade(
     let Some(session) = hub.session(session_id) else {
         return Ok(());
     };
-    principal.authorize("ssm:StartSession", &instance(hub, &session.target)?)?;
+    let named = session.document_named.then_some(session.document.as_str());
+    session_start(hub, principal, &session.target, named, &session.document)?;
     let resource = Resource::untagged(hub.settings.arns().session(session_id));
     principal.authorize_owned(
         "ssm:ResumeSession",

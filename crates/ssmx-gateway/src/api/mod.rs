@@ -234,29 +234,6 @@ struct StartSessionInput {
     parameters: BTreeMap<String, Vec<String>>,
 }
 
-/// StartSession is allowed on the target, and on the document when one is named; the default
-/// document is checked too when the statement allowing the target asks for it with
-/// `ssm:SessionDocumentAccessCheck` (as AWS does).
-fn authorize_session_start(
-    hub: &Hub,
-    principal: &crate::access::Principal,
-    target: &str,
-    named_document: Option<&str>,
-    document: &str,
-) -> Result<(), ApiError> {
-    const ACTION: &str = "ssm:StartSession";
-    let allowed = principal.decide(ACTION, &authorize::instance(hub, target)?, false)?;
-    let check_document =
-        named_document.is_some() || allowed.allowed_by.iter().any(|s| s.asks_document_check());
-    if check_document {
-        principal.authorize(
-            ACTION,
-            &authorize::document(hub, named_document.unwrap_or(document))?,
-        )?;
-    }
-    Ok(())
-}
-
 /// The gateway's base URL as callers reach it: `public_url`, else the scheme and the `Host` the
 /// request came to.
 fn base_url(hub: &Hub, host: &str) -> String {
@@ -305,7 +282,7 @@ async fn start_session(
         input.document_name.as_deref(),
         &input.parameters,
     )?;
-    authorize_session_start(
+    authorize::session_start(
         hub,
         principal,
         &target,
@@ -392,6 +369,8 @@ async fn start_session(
             id: session_id.clone(),
             target: target.clone(),
             session_type: prepared.content.session_type.clone(),
+            document: prepared.name.clone(),
+            document_named: input.document_name.is_some(),
             owner_arn: owner_arn.to_owned(),
             idle_timeout_minutes: prepared.idle_timeout_minutes(),
             inputs: prepared.inputs.clone(),

@@ -555,6 +555,25 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> T {
     }
 }
 
+/// Reads a port forward's output until its "Port N opened" line (the official client's text,
+/// which ours prints too), and returns N: forwards started with local port 0 say which port the
+/// system gave them, so no test has to guess a free one. The rest of the output is read on in
+/// the background, so the forward never writes to a closed pipe.
+pub fn opened_port(output: impl std::io::Read + Send + 'static) -> u16 {
+    let mut reader = BufReader::new(output);
+    let seen = read_until(&mut reader, " opened for sessionId ");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let line = seen
+        .lines()
+        .find(|l| l.contains(" opened for sessionId "))
+        .unwrap();
+    line.trim()
+        .strip_prefix("Port ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right away).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
