@@ -53,11 +53,7 @@ pub async fn run(global: &crate::GlobalArgs, args: DemoArgs) -> anyhow::Result<E
         .context("cannot create a scratch directory")?;
     let log = std::fs::File::create(scratch.path().join(LOG_FILE))
         .context("cannot create the demo's log file")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(crate::logging::filter(global.verbose, true))
-        .with_writer(std::sync::Mutex::new(log))
-        .with_ansi(false)
-        .init();
+    crate::logging::init_to(global.verbose, true, std::sync::Mutex::new(log), false);
     let documents = prepare_scratch(scratch.path())?;
     let credential = ApiCredential::generate("demo");
     ssmx_gateway::keep_relay_memory();

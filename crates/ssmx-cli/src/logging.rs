@@ -14,16 +14,25 @@ const OWN_TARGETS: &[&str] = &["ssmx", "session_manager_plugin"];
 /// warnings, such as the AWS SDK's about a missing config file, mean nothing to a user of the
 /// session); 1, 2 and 3 show every crate's info, debug and trace messages.
 pub fn init(verbose: u8, service: bool) {
+    // Colours only on a terminal: a log file must stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_to(verbose, service, std::io::stderr, ansi);
+}
+
+/// Like [`init`], into `writer` (the demo's log file) instead of stderr.
+pub fn init_to<W>(verbose: u8, service: bool, writer: W, ansi: bool)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
         .with_env_filter(filter(verbose, service))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file must stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
         .init();
 }
 
 /// `SSMX_LOG`, else `RUST_LOG`, else the default for `verbose` (see [`init`]).
-pub fn filter(verbose: u8, service: bool) -> EnvFilter {
+fn filter(verbose: u8, service: bool) -> EnvFilter {
     let own_level = if service { "info" } else { "warn" };
     EnvFilter::try_from_env(FILTER_ENV_VAR)
         .or_else(|_| EnvFilter::try_from_default_env())
