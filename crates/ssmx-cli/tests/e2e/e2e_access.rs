@@ -381,7 +381,9 @@ assert status == 403 and b"AccessDeniedException" in body, (status, body)
 # Terminating: bob may not end alice's session; alice ends her own; the administrator anyone's.
 denied(bob.terminate_session, SessionId=session["SessionId"])
 alice.terminate_session(SessionId=session["SessionId"])
-second = alice.start_session(**PORT_FORWARDING)
+# A request unlike the first: SigV4 signs to the second, so the same request again within it
+# would carry the same signature, which the gateway accepts once.
+second = alice.start_session(**PORT_FORWARDING, Reason="a second session")
 admin.terminate_session(SessionId=second["SessionId"])
 assert admin.describe_sessions(State="History")["Sessions"], "terminated sessions are in the history"
 
