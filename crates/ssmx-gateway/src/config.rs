@@ -112,6 +112,14 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// When `cert` and `key` do not exist yet: create a private CA (`ca.pem` beside `cert`)
+    /// and a server certificate it signs, for first runs and test fleets. Agents trust the CA.
+    #[serde(default)]
+    pub generate: bool,
+    /// Host names and IP addresses the generated certificate is valid for (default:
+    /// `localhost`, `127.0.0.1`, `::1` and this host's name).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// The whole configuration. Every field is optional in the file.

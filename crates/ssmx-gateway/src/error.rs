@@ -69,6 +69,10 @@ pub enum ErrorCode {
     InvalidDocumentOperation,
     /// No activation with that id.
     InvalidActivationId,
+    /// A managed instance's hardware fingerprint is not the one it registered with.
+    MachineFingerprintDoesNotMatch,
+    /// The activation has expired.
+    ActivationExpired,
     /// Something broke inside the gateway.
     InternalServerError,
 }
@@ -110,6 +114,8 @@ impl ErrorCode {
             ErrorCode::DuplicateDocumentContent => "DuplicateDocumentContent",
             ErrorCode::InvalidDocumentOperation => "InvalidDocumentOperation",
             ErrorCode::InvalidActivationId => "InvalidActivationId",
+            ErrorCode::MachineFingerprintDoesNotMatch => "MachineFingerprintDoesNotMatch",
+            ErrorCode::ActivationExpired => "ActivationExpired",
             ErrorCode::InternalServerError => "InternalServerError",
         }
     }

@@ -89,10 +89,16 @@ impl Store {
         )?)
     }
 
-    /// Removes a managed instance, its credential and its tags. False when there is none.
+    /// Removes a managed instance, its credentials, its registered key and its tags. False when there is none.
     pub fn deregister_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        for table in crate::onprem::INSTANCE_TABLES {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE instance_id = ?1"),
+                params![instance_id],
+            )?;
+        }
         let removed = tx.execute(
             "DELETE FROM instances WHERE instance_id = ?1",
             params![instance_id],

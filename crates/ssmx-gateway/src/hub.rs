@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{AccessControl, Arns, Principal};
 use crate::documents::Documents;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::session::Session;
-use crate::sigv4::{RequestParts, SigV4Error, Verifier};
+use crate::sigv4::{RequestParts, SigV4Error, SigningKey, Verifier};
 use crate::store::Store;
 use crate::tokens::Tokens;
 
@@ -126,6 +127,8 @@ pub(crate) struct Hub {
     next_conn: AtomicU64,
     /// Serialises changes of Run Command state (see [`crate::commands::advance`]).
     pub commands_lock: tokio::sync::Mutex<()>,
+    /// ec2messages mailboxes of agents that poll for jobs.
+    pub mailboxes: crate::mds::Mailboxes,
     /// Commands being advanced after a finished invocation, each with whether another run was
     /// asked for meanwhile.
     advancing: Mutex<HashMap<String, bool>>,
@@ -160,6 +163,7 @@ impl Hub {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             commands_lock: tokio::sync::Mutex::new(()),
+            mailboxes: crate::mds::Mailboxes::default(),
             advancing: Mutex::new(HashMap::new()),
         }
     }
@@ -229,16 +233,20 @@ impl Hub {
     ) -> Result<Caller, SigV4Error> {
         let mut caller = None;
         let mut lookup_error = None;
+        let mut session_token_hash = None;
         let access = self.access();
-        let secret_for = |akid: &str| {
+        let key_for = |akid: &str| {
             if let Some((cred, principal)) = access.credential(akid) {
                 caller = Some(Caller::User(principal.clone()));
-                return Some(cred.secret_access_key.clone());
+                return Some(SigningKey::Hmac(cred.secret_access_key.clone()));
             }
             match self.store.agent_credential(akid) {
-                Ok(Some((instance_id, secret))) => {
-                    caller = Some(Caller::Agent { instance_id });
-                    Some(secret)
+                Ok(Some(key)) => {
+                    caller = Some(Caller::Agent {
+                        instance_id: key.instance_id,
+                    });
+                    session_token_hash = key.session_token_hash;
+                    Some(SigningKey::Hmac(key.secret))
                 }
                 Ok(None) => None,
                 Err(e) => {
@@ -247,14 +255,25 @@ impl Hub {
                 }
             }
         };
-        let verified = self.verifier.verify(
+        let mut verified = self.verifier.verify(
             parts,
             service,
             &self.settings.region,
             SystemTime::now(),
             single_use,
-            secret_for,
+            key_for,
         );
+        // Temporary credentials are valid only with the session token issued with them.
+        if let (Ok(_), Some(expected)) = (&verified, &session_token_hash) {
+            let given = parts
+                .headers
+                .get("x-amz-security-token")
+                .and_then(|v| v.to_str().ok())
+                .map(crate::store::hash_code);
+            if given.as_deref() != Some(expected.as_str()) {
+                verified = Err(SigV4Error::BadSessionToken);
+            }
+        }
         if let Some(store_err) = &lookup_error {
             tracing::error!(error = %store_err, "credential lookup failed");
         }
@@ -275,6 +294,40 @@ impl Hub {
         }
         verified?;
         Ok(caller.expect("the lookup ran and found the key"))
+    }
+
+    /// Verifies a request an official agent signed with its registered RSA key (OFFICIAL-AGENT.md
+    /// §4.5); returns the instance id. Such signatures are accepted only once.
+    pub fn authenticate_instance_key(&self, parts: RequestParts<'_>) -> Result<String, ApiError> {
+        let mut lookup_error = None;
+        let mut instance = None;
+        let key_for = |id: &str| match self.store.instance_key(id) {
+            Ok(Some(key)) => {
+                instance = Some(id.to_owned());
+                Some(SigningKey::Rsa(key.public_key))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                lookup_error = Some(e);
+                None
+            }
+        };
+        let verified = self.verifier.verify(
+            parts,
+            "ssm",
+            &self.settings.region,
+            SystemTime::now(),
+            true,
+            key_for,
+        );
+        if let Some(e) = lookup_error {
+            return Err(ApiError::internal(e));
+        }
+        if let Err(e) = verified {
+            self.metrics.authentication_failed("ssm");
+            return Err(e.into());
+        }
+        Ok(instance.expect("the lookup ran and found the key"))
     }
 
     pub fn tokens(&self) -> MutexGuard<'_, Tokens> {

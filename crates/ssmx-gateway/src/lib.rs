@@ -35,6 +35,7 @@ pub mod config;
 pub mod documents;
 pub mod error;
 pub mod fleet;
+pub mod onprem;
 pub mod recording;
 pub mod retention;
 pub mod sigv4;
@@ -47,10 +48,12 @@ pub mod commands;
 mod hub;
 mod kms;
 mod malformed;
+mod mds;
 mod metrics;
 mod mgs;
 mod server;
 mod session;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,7 +69,7 @@ use crate::documents::{DocumentLoadError, Documents};
 use crate::hub::{Hub, Settings};
 use crate::store::{Activation, NewActivation, Store, StoreError};
 
-pub use crate::server::TlsError;
+pub use crate::tls::{generated_ca_path, TlsError};
 
 /// How long [`Gateway::shutdown`] waits for sessions and sockets to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -227,7 +230,7 @@ impl GatewayBuilder {
             .local_addr()
             .map_err(|source| GatewayError::Bind { addr, source })?;
         let acceptor = match &config.tls {
-            Some(tls) => Some(server::tls_acceptor(&tls.cert, &tls.key)?),
+            Some(tls) => Some(tls::prepare(tls)?),
             None => None,
         };
         let settings = Settings {

@@ -1,7 +1,6 @@
-//! The HTTP(S) listener: routes, and TLS with rustls when configured.
+//! The HTTP(S) listener: routes, and the TLS accept loop (certificates in [`crate::tls`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -9,11 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -89,50 +85,6 @@ async fn aws_shaped_refusals(response: Response) -> Response {
         *answer.status_mut() = status;
     }
     answer
-}
-
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read or holds nothing usable.
-    #[error("TLS {what} {path}: {reason}")]
-    Pem {
-        /// `certificate` or `key`.
-        what: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// rustls refused the pair.
-    #[error("TLS certificate and key do not work together: {0}")]
-    Config(#[from] rustls::Error),
-}
-
-/// Builds the rustls acceptor from PEM files.
-pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let pem_err = |what, path: &Path, reason: String| TlsError::Pem {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err("certificate", cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_err("certificate", cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(pem_err("certificate", cert, "no CERTIFICATE block".into()));
-    }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("key", key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)?;
-    // The official agent speaks HTTP/2 for its REST calls and HTTP/1.1 for WebSockets.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A listener whose connections come out of TLS handshakes run concurrently, so a slow client

@@ -1,5 +1,9 @@
-//! Verification of AWS Signature Version 4 on incoming requests: the SSM API (service `ssm`) and
-//! the agents' MGS calls (service `ssmmessages`).
+//! Verification of AWS Signature Version 4 on incoming requests: the SSM API (service `ssm`),
+//! ec2messages (`ec2messages`) and the agents' MGS calls (`ssmmessages`).
+//!
+//! Besides HMAC signatures, the variant the official agent signs its credential requests with is
+//! verified too (OFFICIAL-AGENT.md §4.5): the same string to sign, signed with the instance's
+//! RSA key (RSASSA-PSS, SHA-256, salt 32) and sent as base64 in `Signature=`.
 //!
 //! The canonical request is rebuilt by the `aws-sigv4` crate from exactly the headers the caller
 //! listed in `SignedHeaders`, so unmodified aws-cli, boto3, the AWS SDKs and the Go agent verify.
@@ -24,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4::SigningParams;
+use base64::Engine as _;
 use http::{HeaderMap, Method, Uri};
 
 use crate::error::{ApiError, ErrorCode};
@@ -75,6 +80,14 @@ pub enum SigV4Error {
         /// Region this endpoint serves.
         expected: String,
     },
+    /// An RSA signature on a request that needs an HMAC one, or the other way round.
+    #[error("the request is signed with {found}; this operation needs {expected}")]
+    WrongKind {
+        /// What the request carries.
+        found: &'static str,
+        /// What the operation takes.
+        expected: &'static str,
+    },
     /// The access key id is not known.
     #[error("the security token included in the request is invalid (unknown access key {0})")]
     UnknownKey(String),
@@ -93,6 +106,9 @@ pub enum SigV4Error {
     /// The signature does not match the request.
     #[error("the request signature we calculated does not match the signature you provided; check your secret access key and signing method")]
     Mismatch,
+    /// Temporary credentials without the session token issued with them.
+    #[error("the security token included in the request is invalid (X-Amz-Security-Token does not belong to the access key)")]
+    BadSessionToken,
     /// This exact signature was already used.
     #[error("this request signature was already used (replayed request); sign the request again")]
     Replayed,
@@ -106,10 +122,12 @@ impl SigV4Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             SigV4Error::Missing => ErrorCode::MissingAuthenticationToken,
-            SigV4Error::Malformed(_) | SigV4Error::WrongService { .. } => {
-                ErrorCode::IncompleteSignature
+            SigV4Error::Malformed(_)
+            | SigV4Error::WrongService { .. }
+            | SigV4Error::WrongKind { .. } => ErrorCode::IncompleteSignature,
+            SigV4Error::UnknownKey(_) | SigV4Error::BadSessionToken => {
+                ErrorCode::UnrecognizedClient
             }
-            SigV4Error::UnknownKey(_) => ErrorCode::UnrecognizedClient,
             SigV4Error::Expired { .. } | SigV4Error::Mismatch | SigV4Error::WrongRegion { .. } => {
                 ErrorCode::InvalidSignature
             }
@@ -146,7 +164,43 @@ struct Authorization<'a> {
     region: &'a str,
     service: &'a str,
     signed_headers: Vec<&'a str>,
-    signature: &'a str,
+    signature: Signature<'a>,
+}
+
+impl Authorization<'_> {
+    /// The credential scope, `<yyyymmdd>/<region>/<service>/aws4_request`.
+    fn scope(&self) -> String {
+        format!(
+            "{}/{}/{}/aws4_request",
+            self.date, self.region, self.service
+        )
+    }
+}
+
+/// The `Signature=` of an Authorization header.
+enum Signature<'a> {
+    /// 64 lower-case hex digits of an HMAC-SHA256.
+    Hmac(&'a str),
+    /// The RSA signature bytes (sent as standard base64).
+    Rsa(Vec<u8>),
+}
+
+impl Signature<'_> {
+    /// What the replay cache remembers.
+    fn replay_key(&self) -> String {
+        match self {
+            Signature::Hmac(hex) => (*hex).to_owned(),
+            Signature::Rsa(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+}
+
+/// What a signature is checked against.
+pub enum SigningKey {
+    /// The secret access key of an HMAC signature.
+    Hmac(String),
+    /// The DER SubjectPublicKeyInfo of an RSA key: the key a managed instance registered.
+    Rsa(Vec<u8>),
 }
 
 fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error> {
@@ -179,9 +233,18 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error> {
             "Credential must be <key>/<date>/<region>/<service>/aws4_request",
         ));
     }
-    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(malformed("Signature must be 64 hex digits"));
-    }
+    let signature = if signature.len() == 64 && signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Signature::Hmac(signature)
+    } else {
+        match base64::engine::general_purpose::STANDARD.decode(signature) {
+            Ok(bytes) if bytes.len() >= 128 => Signature::Rsa(bytes),
+            _ => {
+                return Err(malformed(
+                    "Signature must be 64 hex digits (HMAC) or the base64 of an RSA signature",
+                ))
+            }
+        }
+    };
     let signed_headers: Vec<&str> = signed.split(';').filter(|h| !h.is_empty()).collect();
     if !signed_headers.contains(&"host") {
         return Err(malformed("SignedHeaders must include host"));
@@ -227,9 +290,10 @@ impl Verifier {
         Self::default()
     }
 
-    /// Verifies `request` as signed for `service` in `region` at `now`; `secret_for` maps an
-    /// access key id to its secret. With `single_use`, the signature is remembered on success and
-    /// refused if presented again, whatever the request's unsigned headers say.
+    /// Verifies `request` as signed for `service` in `region` at `now`; `key_for` maps the
+    /// credential's access key id (an instance id, for RSA signatures) to the key to check
+    /// against. With `single_use`, the signature is remembered on success and refused if
+    /// presented again, whatever the request's unsigned headers say.
     pub fn verify(
         &self,
         request: RequestParts<'_>,
@@ -237,7 +301,7 @@ impl Verifier {
         region: &str,
         now: SystemTime,
         single_use: bool,
-        secret_for: impl FnOnce(&str) -> Option<String>,
+        key_for: impl FnOnce(&str) -> Option<SigningKey>,
     ) -> Result<Verified, SigV4Error> {
         let header = request
             .headers
@@ -276,11 +340,32 @@ impl Verifier {
         let signed_at: SystemTime = signed_at.into();
         // The signature is checked before the time, so that a refusal for a skewed clock is
         // known to come from the key's owner and can tell it how far off it is.
-        let secret = secret_for(auth.access_key_id)
+        let key = key_for(auth.access_key_id)
             .ok_or_else(|| SigV4Error::UnknownKey(auth.access_key_id.to_owned()))?;
-        let expected = expected_signature(&request, &auth, &secret, signed_at)?;
-        if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
-            return Err(SigV4Error::Mismatch);
+        match (&key, &auth.signature) {
+            (SigningKey::Hmac(secret), Signature::Hmac(given)) => {
+                let expected = expected_signature(&request, &auth, secret, signed_at)?;
+                if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                    return Err(SigV4Error::Mismatch);
+                }
+            }
+            (SigningKey::Rsa(public_key), Signature::Rsa(given)) => {
+                let to_sign =
+                    rsa_string_to_sign(&request, &auth.signed_headers, &auth.scope(), amz_date)?;
+                verify_rsa_pss(public_key, to_sign.as_bytes(), given)?;
+            }
+            (SigningKey::Hmac(_), Signature::Rsa(_)) => {
+                return Err(SigV4Error::WrongKind {
+                    found: "an RSA signature",
+                    expected: "an HMAC signature with an access key",
+                })
+            }
+            (SigningKey::Rsa(_), Signature::Hmac(_)) => {
+                return Err(SigV4Error::WrongKind {
+                    found: "an HMAC signature",
+                    expected: "the instance's RSA signature",
+                })
+            }
         }
         let (skew, skew_seconds) = match signed_at.duration_since(now) {
             Ok(ahead) => (ahead, ahead.as_secs() as i64),
@@ -297,7 +382,11 @@ impl Verifier {
             });
         }
         if single_use {
-            self.remember(auth.signature, signed_at + SIGNATURE_WINDOW, now)?;
+            self.remember(
+                &auth.signature.replay_key(),
+                signed_at + SIGNATURE_WINDOW,
+                now,
+            )?;
         }
         Ok(Verified {
             access_key_id: auth.access_key_id.to_owned(),
@@ -321,13 +410,9 @@ impl Verifier {
     }
 }
 
-fn expected_signature(
-    request: &RequestParts<'_>,
-    auth: &Authorization<'_>,
-    secret: &str,
-    signed_at: SystemTime,
-) -> Result<String, SigV4Error> {
-    let authority = request
+/// The host a request was signed for: HTTP/2's authority, else the Host header.
+fn authority(request: &RequestParts<'_>) -> Result<String, SigV4Error> {
+    request
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -338,7 +423,16 @@ fn expected_signature(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
         })
-        .ok_or_else(|| SigV4Error::Malformed("the request has no Host".into()))?;
+        .ok_or_else(|| SigV4Error::Malformed("the request has no Host".into()))
+}
+
+fn expected_signature(
+    request: &RequestParts<'_>,
+    auth: &Authorization<'_>,
+    secret: &str,
+    signed_at: SystemTime,
+) -> Result<String, SigV4Error> {
+    let authority = authority(request)?;
     let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
     for &name in &auth.signed_headers {
         if name == "host" {
@@ -387,6 +481,94 @@ fn expected_signature(
     let output = sign(signable, &params.into())
         .map_err(|e| SigV4Error::Malformed(format!("cannot compute the signature: {e}")))?;
     Ok(output.signature().to_owned())
+}
+
+/// The string to sign of an RSA-signed request, built as SigV4 builds it (OFFICIAL-AGENT.md §4.5
+/// steps 1–2): `scope` is `<yyyymmdd>/<region>/<service>/aws4_request`. The `aws-sigv4` crate
+/// computes only HMAC signatures, so the canonical request is built here; the unit tests check it
+/// against that crate's HMAC signature of the same request, and the replay tests against the
+/// official agent's signatures.
+pub fn rsa_string_to_sign(
+    request: &RequestParts<'_>,
+    signed_headers: &[&str],
+    scope: &str,
+    amz_date: &str,
+) -> Result<String, SigV4Error> {
+    let authority = authority(request)?;
+    let mut canonical = String::with_capacity(512);
+    canonical.push_str(request.method.as_str());
+    canonical.push('\n');
+    canonical.push_str(request.uri.path());
+    canonical.push('\n');
+    let mut query: Vec<&str> = request
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    query.sort_unstable();
+    canonical.push_str(&query.join("&"));
+    canonical.push('\n');
+    for &name in signed_headers {
+        let values: Vec<String> = if name == "host" {
+            vec![authority.clone()]
+        } else {
+            request
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    v.to_str().map(collapse_spaces).map_err(|_| {
+                        SigV4Error::Malformed(format!("signed header {name} is not ASCII"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if values.is_empty() {
+            return Err(SigV4Error::Malformed(format!(
+                "signed header {name} is not in the request"
+            )));
+        }
+        canonical.push_str(name);
+        canonical.push(':');
+        canonical.push_str(&values.join(","));
+        canonical.push('\n');
+    }
+    canonical.push('\n');
+    canonical.push_str(&signed_headers.join(";"));
+    canonical.push('\n');
+    canonical.push_str(&hex::encode(ssmx_protocol::digest::sha256(request.body)));
+    Ok(format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        hex::encode(ssmx_protocol::digest::sha256(canonical.as_bytes()))
+    ))
+}
+
+/// A header value as canonical headers carry it: trimmed, runs of spaces made one.
+fn collapse_spaces(value: &str) -> String {
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Checks an RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) signature of `message` by the key in
+/// `spki_der`.
+fn verify_rsa_pss(spki_der: &[u8], message: &[u8], signature: &[u8]) -> Result<(), SigV4Error> {
+    let public_key = rsa_public_key(spki_der)
+        .ok_or_else(|| SigV4Error::Malformed("the registered public key is not RSA".into()))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, public_key)
+        .verify(message, signature)
+        .map_err(|_| SigV4Error::Mismatch)
+}
+
+/// The PKCS#1 RSAPublicKey inside a DER SubjectPublicKeyInfo, if it holds an RSA key.
+pub fn rsa_public_key(spki_der: &[u8]) -> Option<&[u8]> {
+    use spki::der::Decode as _;
+    const RSA_ENCRYPTION: spki::ObjectIdentifier =
+        spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    let info = spki::SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
+    (info.algorithm.oid == RSA_ENCRYPTION)
+        .then(|| info.subject_public_key.as_bytes())
+        .flatten()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -451,7 +633,7 @@ mod tests {
             body,
         };
         v.verify(parts, "ssm", "us-east-1", now, true, |k| {
-            (k == KEY).then(|| SECRET.to_owned())
+            (k == KEY).then(|| SigningKey::Hmac(SECRET.to_owned()))
         })
     }
 
@@ -489,7 +671,7 @@ mod tests {
         };
         let refused = Verifier::new()
             .verify(parts, "ssm", "eu-west-1", now, false, |_| {
-                Some(SECRET.into())
+                Some(SigningKey::Hmac(SECRET.into()))
             })
             .unwrap_err();
         assert!(
@@ -540,5 +722,153 @@ mod tests {
                 Err(SigV4Error::Malformed(_))
             ));
         }
+    }
+
+    /// A throwaway key made for these tests (PKCS#1, as the official agent keeps its key, and its SubjectPublicKeyInfo).
+    const TEST_KEY_PKCS1: &[u8] = include_bytes!("../testdata/test-instance-key.der");
+    const TEST_KEY_SPKI: &[u8] = include_bytes!("../testdata/test-instance-key.spki");
+
+    /// A token request as the official agent sends it, RSA-signed at `at`.
+    fn rsa_signed(body: &[u8], at: SystemTime) -> HeaderMap {
+        let date = chrono::DateTime::<chrono::Utc>::from(at)
+            .format(DATE_FORMAT)
+            .to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
+        headers.insert("host", "127.0.0.1:8443".parse().unwrap());
+        headers.insert("x-amz-date", date.parse().unwrap());
+        headers.insert(
+            "x-amz-target",
+            "AmazonSSM.RequestManagedInstanceRoleToken".parse().unwrap(),
+        );
+        let credential = format!(
+            "mi-0123456789abcdef0/{}/us-east-1/ssm/aws4_request",
+            &date[..8]
+        );
+        let unsigned = format!(
+            "{ALGORITHM} Credential={credential}, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={}",
+            "0".repeat(64)
+        );
+        let auth = parse_authorization(&unsigned).unwrap();
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri: &Uri::from_static("/"),
+            headers: &headers,
+            body,
+        };
+        let to_sign =
+            rsa_string_to_sign(&parts, &auth.signed_headers, &auth.scope(), &date).unwrap();
+        let key = ring::signature::RsaKeyPair::from_der(TEST_KEY_PKCS1).unwrap();
+        let mut signature = vec![0; key.public().modulus_len()];
+        key.sign(
+            &ring::signature::RSA_PSS_SHA256,
+            &ring::rand::SystemRandom::new(),
+            to_sign.as_bytes(),
+            &mut signature,
+        )
+        .unwrap();
+        let header = unsigned.replace(
+            &"0".repeat(64),
+            &base64::engine::general_purpose::STANDARD.encode(signature),
+        );
+        headers.insert(http::header::AUTHORIZATION, header.parse().unwrap());
+        headers
+    }
+
+    fn check_rsa(
+        v: &Verifier,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Verified, SigV4Error> {
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri: &Uri::from_static("/"),
+            headers,
+            body,
+        };
+        v.verify(parts, "ssm", "us-east-1", now, true, |id| {
+            (id == "mi-0123456789abcdef0").then(|| SigningKey::Rsa(TEST_KEY_SPKI.to_vec()))
+        })
+    }
+
+    #[test]
+    fn the_rsa_canonical_request_is_the_one_sigv4_signs() {
+        // Our canonicalisation, HMAC-signed, must give the aws-sigv4 crate's signature.
+        let now = SystemTime::now();
+        let (headers, uri) = signed(b"{\"a\":  1}", now, SECRET);
+        let header = headers[http::header::AUTHORIZATION].to_str().unwrap();
+        let auth = parse_authorization(header).unwrap();
+        let date = headers["x-amz-date"].to_str().unwrap();
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri: &uri,
+            headers: &headers,
+            body: b"{\"a\":  1}",
+        };
+        let to_sign =
+            rsa_string_to_sign(&parts, &auth.signed_headers, &auth.scope(), date).unwrap();
+        let key = aws_sigv4::sign::v4::generate_signing_key(SECRET, now, "us-east-1", "ssm");
+        let ours = aws_sigv4::sign::v4::calculate_signature(key, to_sign.as_bytes());
+        assert!(matches!(auth.signature, Signature::Hmac(given) if given == ours));
+    }
+
+    #[test]
+    fn an_rsa_signature_verifies_once_and_only_for_its_request() {
+        let now = SystemTime::now();
+        let body = br#"{"Fingerprint":"b862bd03-1d27-4c95-be00-fd7a86cb2077"}"#;
+        let headers = rsa_signed(body, now);
+        let v = Verifier::new();
+        let ok = check_rsa(&v, &headers, body, now).unwrap();
+        assert_eq!(ok.access_key_id, "mi-0123456789abcdef0");
+        assert_eq!(
+            check_rsa(&v, &headers, body, now),
+            Err(SigV4Error::Replayed)
+        );
+        let headers = rsa_signed(body, now + Duration::from_secs(1));
+        assert_eq!(
+            check_rsa(&v, &headers, br#"{"Fingerprint":"other"}"#, now),
+            Err(SigV4Error::Mismatch)
+        );
+        let old = now - Duration::from_secs(20 * 60);
+        assert!(matches!(
+            check_rsa(&v, &rsa_signed(body, old), body, now),
+            Err(SigV4Error::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn signature_kinds_do_not_cross() {
+        let now = SystemTime::now();
+        let v = Verifier::new();
+        let headers = rsa_signed(b"{}", now);
+        let parts = RequestParts {
+            method: &Method::POST,
+            uri: &Uri::from_static("/"),
+            headers: &headers,
+            body: b"{}",
+        };
+        let hmac_key = v.verify(parts, "ssm", "us-east-1", now, false, |_| {
+            Some(SigningKey::Hmac(SECRET.into()))
+        });
+        assert!(matches!(hmac_key, Err(SigV4Error::WrongKind { .. })));
+        let (headers, _) = signed(b"{}", now, SECRET);
+        let rsa_key = v.verify(
+            RequestParts {
+                headers: &headers,
+                ..parts
+            },
+            "ssm",
+            "us-east-1",
+            now,
+            false,
+            |_| Some(SigningKey::Rsa(TEST_KEY_SPKI.to_vec())),
+        );
+        assert!(matches!(rsa_key, Err(SigV4Error::WrongKind { .. })));
+        assert!(rsa_public_key(TEST_KEY_SPKI).is_some());
+        assert!(rsa_public_key(b"not der").is_none());
     }
 }

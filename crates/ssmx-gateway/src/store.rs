@@ -183,6 +183,17 @@ pub struct Registration {
     pub secret_access_key: String,
 }
 
+/// An agent's signing key, as [`Store::agent_credential`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentKey {
+    /// The instance it belongs to.
+    pub instance_id: String,
+    /// Its secret access key.
+    pub secret: String,
+    /// For a temporary key: the hex SHA-256 of the session token issued with it.
+    pub session_token_hash: Option<String>,
+}
+
 /// What an agent reports about itself in UpdateInstanceInformation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceInfo {
@@ -339,6 +350,7 @@ impl Store {
         conn.execute_batch(crate::catalog::SCHEMA)?;
         conn.execute_batch(crate::fleet::SCHEMA)?;
         conn.execute_batch(crate::commands::output::SCHEMA)?;
+        conn.execute_batch(crate::onprem::SCHEMA)?;
         let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -388,6 +400,25 @@ impl Store {
         computer_name: &str,
         platform_type: &str,
     ) -> Result<Registration, RegisterError> {
+        self.register_instance_with(
+            activation_id,
+            activation_code,
+            computer_name,
+            platform_type,
+            |_, _| Ok(()),
+        )
+    }
+
+    /// [`Store::register_instance`], running `also` with the new instance id in the same
+    /// transaction (the official agent's registration keeps its public key).
+    pub(crate) fn register_instance_with(
+        &self,
+        activation_id: &str,
+        activation_code: &str,
+        computer_name: &str,
+        platform_type: &str,
+        also: impl FnOnce(&rusqlite::Transaction<'_>, &str) -> rusqlite::Result<()>,
+    ) -> Result<Registration, RegisterError> {
         let now = SystemTime::now();
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(StoreError::from)?;
@@ -432,6 +463,7 @@ impl Store {
             ],
         )
         .map_err(StoreError::from)?;
+        also(&tx, &registration.instance_id).map_err(StoreError::from)?;
         tx.execute(
             "UPDATE activations SET registrations = registrations + 1 WHERE activation_id = ?1",
             params![activation_id],
@@ -441,25 +473,28 @@ impl Store {
         Ok(registration)
     }
 
-    /// The instance id and secret of an agent access key.
-    pub fn agent_credential(
-        &self,
-        access_key_id: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        let row: Option<(String, Vec<u8>)> = self
+    /// The instance and secret of an agent access key: the static key an ssmx agent registered
+    /// with, or an unexpired temporary key issued to an official agent (with its session token's
+    /// hash, which the request must match).
+    pub fn agent_credential(&self, access_key_id: &str) -> Result<Option<AgentKey>, StoreError> {
+        let row: Option<(String, Vec<u8>, Option<String>)> = self
             .conn()
             .query_row(
-                "SELECT instance_id, secret_sealed FROM instances WHERE access_key_id = ?1",
-                params![access_key_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT instance_id, secret_sealed, NULL FROM instances WHERE access_key_id = ?1
+                 UNION ALL
+                 SELECT instance_id, secret_sealed, session_token_hash FROM role_credentials
+                 WHERE access_key_id = ?1 AND expires_at > ?2",
+                params![access_key_id, millis(SystemTime::now())],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         match row {
             None => Ok(None),
-            Some((instance, sealed)) => {
-                let secret = self.unseal(&sealed)?;
-                Ok(Some((instance, secret)))
-            }
+            Some((instance_id, sealed, session_token_hash)) => Ok(Some(AgentKey {
+                instance_id,
+                secret: self.unseal(&sealed)?,
+                session_token_hash,
+            })),
         }
     }
 
@@ -703,7 +738,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         let nonce_bytes = random_bytes::<12>();
         let nonce = aead::Nonce::assume_unique_for_key(nonce_bytes);
         let mut buf = plaintext.to_vec();
@@ -715,7 +750,7 @@ impl Store {
         out
     }
 
-    fn unseal(&self, sealed: &[u8]) -> Result<String, StoreError> {
+    pub(crate) fn unseal(&self, sealed: &[u8]) -> Result<String, StoreError> {
         if sealed.len() < 12 {
             return Err(StoreError::Unseal);
         }
@@ -805,8 +840,8 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 const HEX: &[u8] = b"0123456789abcdef";
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// `len` characters drawn uniformly from `alphabet` with the OS-seeded CSPRNG.
 pub(crate) fn random_token(len: usize, alphabet: &[u8]) -> String {
@@ -834,7 +869,7 @@ pub(crate) fn random_base64(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
-fn hash_code(code: &str) -> String {
+pub(crate) fn hash_code(code: &str) -> String {
     hex::encode(ssmx_protocol::digest::sha256(code.as_bytes()))
 }
 
@@ -874,7 +909,8 @@ mod tests {
             store.register_instance(&a.activation_id, &a.activation_code, "h", "linux"),
             Err(RegisterError::LimitReached)
         ));
-        let (instance, secret) = store.agent_credential(&reg.access_key_id).unwrap().unwrap();
+        let found = store.agent_credential(&reg.access_key_id).unwrap().unwrap();
+        let (instance, secret) = (found.instance_id, found.secret);
         assert_eq!(instance, reg.instance_id);
         assert_eq!(secret, reg.secret_access_key);
         let expired = store
@@ -909,7 +945,11 @@ mod tests {
         let needle = reg.secret_access_key.as_bytes();
         assert!(!raw.windows(needle.len()).any(|w| w == needle));
         let store = Store::open(&db).unwrap();
-        let (_, secret) = store.agent_credential(&reg.access_key_id).unwrap().unwrap();
+        let secret = store
+            .agent_credential(&reg.access_key_id)
+            .unwrap()
+            .unwrap()
+            .secret;
         assert_eq!(secret, reg.secret_access_key);
         std::fs::remove_dir_all(dir).unwrap();
     }

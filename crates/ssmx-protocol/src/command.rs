@@ -297,7 +297,8 @@ pub struct AdditionalInfo {
     pub date_time: String,
     /// Empty.
     pub run_id: String,
-    /// Plugin status → how many plugins have it.
+    /// Plugin status → how many plugins have it (`null` in the official agent's first reply).
+    #[serde(deserialize_with = "crate::payload::null_as_default")]
     pub runtime_status_counts: BTreeMap<String, i64>,
     /// Sent on the MDS path only.
     #[serde(
@@ -367,6 +368,16 @@ fn json_string(value: &impl Serialize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_official_agents_first_reply_with_nulls_parses() {
+        // As the official agent 3.3 sends it before any plugin ran (recorded).
+        let content = r#"{"additionalInfo":{"agent":{"lang":"en-US","name":"amazon-ssm-agent","os":"linux","osver":"1","ver":"3.3.0.0"},"dateTime":"2026-12-04T20:53:45.454Z","runId":"","runtimeStatusCounts":null},"documentStatus":"InProgress","documentTraceOutput":"","runtimeStatus":null}"#;
+        let reply: CommandReply = serde_json::from_str(content).unwrap();
+        assert_eq!(reply.document_status, "InProgress");
+        assert!(reply.additional_info.runtime_status_counts.is_empty());
+        assert_eq!(reply.runtime_status, None);
+    }
+
     use super::*;
 
     /// The final reply the official agent sent in OFFICIAL-AGENT.md §9.6 (E6).

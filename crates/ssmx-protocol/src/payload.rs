@@ -265,7 +265,7 @@ impl RequestedClientAction {
 }
 
 /// Reads `null` as the type's default, as Go's JSON decoder leaves a zero value for `null`.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Default + Deserialize<'de>,

@@ -28,9 +28,11 @@ use crate::store::{
 use crate::tokens::Purpose;
 
 pub(crate) mod authorize;
+
 mod commands;
 mod documents;
 mod fleet;
+mod onprem;
 mod tags;
 
 /// Largest API request body accepted; SSM requests are a few KiB.
@@ -60,10 +62,35 @@ pub(crate) async fn handle(
         let span = tracing::info_span!("kms", op = %target);
         return span.in_scope(|| crate::kms::handle(&hub, &target, &method, &uri, &headers, &body));
     }
-    let op = target.strip_prefix(TARGET_PREFIX).unwrap_or("").to_owned();
-    let span = tracing::info_span!("api", op = %op);
+    let (service, op) = match target.strip_prefix(crate::mds::TARGET_PREFIX) {
+        Some(op) => (crate::mds::SERVICE, op.to_owned()),
+        None => (
+            "ssm",
+            target.strip_prefix(TARGET_PREFIX).unwrap_or("").to_owned(),
+        ),
+    };
+    let span = tracing::info_span!("api", service, op = %op);
     async move {
-        let result = dispatch(&hub, &op, &method, &uri, &headers, &body).await;
+        let parts = RequestParts {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            body: &body,
+        };
+        let result = if service == crate::mds::SERVICE {
+            match hub.authenticate(parts, service, false) {
+                Ok(Caller::Agent { instance_id }) => {
+                    crate::mds::handle(&hub, &instance_id, &op, &body).await
+                }
+                Ok(Caller::User(_)) => Err(ApiError::new(
+                    ErrorCode::AccessDenied,
+                    "ec2messages is for agent credentials",
+                )),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            dispatch(&hub, &op, parts).await
+        };
         match result {
             Ok(value) => (
                 StatusCode::OK,
@@ -84,26 +111,27 @@ pub(crate) async fn handle(
     .await
 }
 
-async fn dispatch(
-    hub: &Arc<Hub>,
-    op: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> ApiResult {
+async fn dispatch(hub: &Arc<Hub>, op: &str, parts: RequestParts<'_>) -> ApiResult {
+    let RequestParts {
+        uri, headers, body, ..
+    } = parts;
+    // The official agent's registration is unsigned; its credential requests carry its RSA
+    // signature (OFFICIAL-AGENT.md §4).
+    if op == "RegisterManagedInstance" && !headers.contains_key(http::header::AUTHORIZATION) {
+        return onprem::register_managed_instance(hub, parse(body)?);
+    }
+    if onprem::RSA_SIGNED.contains(&op) {
+        let instance_id = hub.authenticate_instance_key(parts)?;
+        return match op {
+            "RequestManagedInstanceRoleToken" => {
+                onprem::request_role_token(hub, &instance_id, parse(body)?)
+            }
+            _ => onprem::update_public_key(hub, &instance_id, parse(body)?),
+        };
+    }
     // Requests that mint tokens or activation codes must not work twice (see sigv4).
     let single_use = matches!(op, "StartSession" | "ResumeSession" | "CreateActivation");
-    let caller = hub.authenticate(
-        RequestParts {
-            method,
-            uri,
-            headers,
-            body,
-        },
-        "ssm",
-        single_use,
-    )?;
+    let caller = hub.authenticate(parts, "ssm", single_use)?;
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -121,69 +149,114 @@ async fn dispatch(
         ("DescribeDocument", Caller::Agent { .. }) => {
             documents::describe_document(hub, parse(body)?)
         }
-        (_, Caller::Agent { .. }) => Err(ApiError::new(
-            ErrorCode::AccessDenied,
-            format!("agent credentials may not call {op}"),
-        )),
-        ("StartSession", Caller::User(p)) => {
+        ("ListInstanceAssociations" | "ListAssociations", Caller::Agent { .. }) => {
+            onprem::no_associations()
+        }
+        ("StartSession", caller) => {
+            let p = user(caller, op)?;
             start_session(hub, p, &host, parse(body)?).await
         }
-        ("ResumeSession", Caller::User(p)) => resume_session(hub, &p.arn, &host, parse(body)?),
-        ("TerminateSession", Caller::User(p)) => {
+        ("ResumeSession", caller) => {
+            let p = user(caller, op)?;
+            resume_session(hub, &p.arn, &host, parse(body)?)
+        }
+        ("TerminateSession", caller) => {
+            let p = user(caller, op)?;
             terminate_session(hub, &p.arn, parse(body)?).await
         }
-        ("DescribeSessions", Caller::User(_)) => describe_sessions(hub, parse(body)?),
-        ("DescribeInstanceInformation", Caller::User(_)) => {
+        ("DescribeSessions", caller) => {
+            user(caller, op)?;
+            describe_sessions(hub, parse(body)?)
+        }
+        ("DescribeInstanceInformation", caller) => {
+            user(caller, op)?;
             describe_instance_information(hub, parse(body)?)
         }
-        ("CreateActivation", Caller::User(p)) => create_activation(hub, &p.arn, parse(body)?),
-        ("DescribeActivations", Caller::User(_)) => {
+        ("CreateActivation", caller) => {
+            let p = user(caller, op)?;
+            create_activation(hub, &p.arn, parse(body)?)
+        }
+        ("DescribeActivations", caller) => {
+            user(caller, op)?;
             fleet::describe_activations(hub, parse(body)?)
         }
-        ("DeleteActivation", Caller::User(p)) => {
+        ("DeleteActivation", caller) => {
+            let p = user(caller, op)?;
             fleet::delete_activation(hub, &p.arn, parse(body)?)
         }
-        ("DeregisterManagedInstance", Caller::User(p)) => {
+        ("DeregisterManagedInstance", caller) => {
+            let p = user(caller, op)?;
             fleet::deregister_managed_instance(hub, &p.arn, parse(body)?)
         }
-        ("GetConnectionStatus", Caller::User(_)) => {
+        ("GetConnectionStatus", caller) => {
+            user(caller, op)?;
             fleet::get_connection_status(hub, parse(body)?)
         }
-        ("SendCommand", Caller::User(p)) => {
+        ("SendCommand", caller) => {
+            let p = user(caller, op)?;
             commands::send_command(hub, p, parse(body)?).await
         }
-        ("ListCommands", Caller::User(_)) => commands::list_commands(hub, parse(body)?),
-        ("ListCommandInvocations", Caller::User(_)) => {
+        ("ListCommands", caller) => {
+            user(caller, op)?;
+            commands::list_commands(hub, parse(body)?)
+        }
+        ("ListCommandInvocations", caller) => {
+            user(caller, op)?;
             commands::list_command_invocations(hub, &base_url(hub, &host), parse(body)?)
         }
-        ("GetCommandInvocation", Caller::User(_)) => {
+        ("GetCommandInvocation", caller) => {
+            user(caller, op)?;
             commands::get_command_invocation(hub, &base_url(hub, &host), parse(body)?)
         }
-        ("CancelCommand", Caller::User(_)) => {
+        ("CancelCommand", caller) => {
+            user(caller, op)?;
             commands::cancel_command(hub, parse(body)?).await
         }
-        ("CreateDocument", Caller::User(_)) => documents::create_document(hub, parse(body)?),
-        ("GetDocument", Caller::User(_)) => documents::get_document(hub, parse(body)?),
-        ("DescribeDocument", Caller::User(_)) => {
+        ("CreateDocument", caller) => {
+            user(caller, op)?;
+            documents::create_document(hub, parse(body)?)
+        }
+        ("GetDocument", caller) => {
+            user(caller, op)?;
+            documents::get_document(hub, parse(body)?)
+        }
+        ("DescribeDocument", caller) => {
+            user(caller, op)?;
             documents::describe_document(hub, parse(body)?)
         }
-        ("ListDocuments", Caller::User(_)) => documents::list_documents(hub, parse(body)?),
-        ("UpdateDocument", Caller::User(_)) => documents::update_document(hub, parse(body)?),
-        ("UpdateDocumentDefaultVersion", Caller::User(_)) => {
+        ("ListDocuments", caller) => {
+            user(caller, op)?;
+            documents::list_documents(hub, parse(body)?)
+        }
+        ("UpdateDocument", caller) => {
+            user(caller, op)?;
+            documents::update_document(hub, parse(body)?)
+        }
+        ("UpdateDocumentDefaultVersion", caller) => {
+            user(caller, op)?;
             documents::update_document_default_version(hub, parse(body)?)
         }
-        ("DeleteDocument", Caller::User(_)) => documents::delete_document(hub, parse(body)?),
-        ("AddTagsToResource", Caller::User(_)) => tags::add_tags_to_resource(hub, parse(body)?),
-        ("RemoveTagsFromResource", Caller::User(_)) => {
+        ("DeleteDocument", caller) => {
+            user(caller, op)?;
+            documents::delete_document(hub, parse(body)?)
+        }
+        ("AddTagsToResource", caller) => {
+            user(caller, op)?;
+            tags::add_tags_to_resource(hub, parse(body)?)
+        }
+        ("RemoveTagsFromResource", caller) => {
+            user(caller, op)?;
             tags::remove_tags_from_resource(hub, parse(body)?)
         }
-        ("ListTagsForResource", Caller::User(_)) => {
+        ("ListTagsForResource", caller) => {
+            user(caller, op)?;
             tags::list_tags_for_resource(hub, parse(body)?)
         }
         ("UpdateInstanceInformation", Caller::User(_)) => Err(ApiError::new(
             ErrorCode::AccessDenied,
             "UpdateInstanceInformation is for agent credentials",
         )),
+
         _ => Err(ApiError::new(
             ErrorCode::UnknownOperation,
             format!("operation {op:?} is not served by this gateway (X-Amz-Target must be AmazonSSM.<Operation>)"),
@@ -191,7 +264,7 @@ async fn dispatch(
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -203,6 +276,18 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("the request body is not valid for this operation: {e}"),
         )
     })
+}
+
+/// The user behind `caller`: the operations below are for users; agent credentials that call
+/// one are refused.
+fn user<'a>(caller: &'a Caller, op: &str) -> Result<&'a crate::access::Principal, ApiError> {
+    match caller {
+        Caller::User(p) => Ok(p),
+        Caller::Agent { .. } => Err(ApiError::new(
+            ErrorCode::AccessDenied,
+            format!("agent credentials may not call {op}"),
+        )),
+    }
 }
 
 fn validation(message: impl Into<String>) -> ApiError {

@@ -169,8 +169,8 @@ pub fn summarise(command: &CommandRecord, invocations: &[InvocationRecord]) -> C
     }
 }
 
-/// The job frame for one invocation.
-fn job_frame(hub: &Hub, command: &CommandRecord, instance_id: &str) -> bytes::Bytes {
+/// The job of one invocation.
+fn job(hub: &Hub, command: &CommandRecord, instance_id: &str) -> AgentJob {
     let payload = SendCommandPayload {
         command_id: command.command_id.clone(),
         document_name: command.document_name.clone(),
@@ -189,8 +189,28 @@ fn job_frame(hub: &Hub, command: &CommandRecord, instance_id: &str) -> bytes::By
         &topic,
         &payload,
     )
-    .to_message()
-    .to_bytes()
+}
+
+/// True when a job can reach the instance: over its control channel, or, for an official
+/// agent without one, in its ec2messages mailbox (OFFICIAL-AGENT.md §9.1).
+fn reachable(hub: &Hub, instance_id: &str) -> bool {
+    hub.agent_online(instance_id) || hub.mailboxes.polling(instance_id)
+}
+
+/// Sends `job` over the instance's control channel, or else posts it in its ec2messages
+/// mailbox if it polls; false when neither reaches it.
+async fn deliver(hub: &Hub, instance_id: &str, job: AgentJob) -> bool {
+    if hub
+        .send_control(instance_id, job.to_message().to_bytes())
+        .await
+    {
+        return true;
+    }
+    if hub.mailboxes.polling(instance_id) {
+        hub.mailboxes.post(instance_id, job);
+        return true;
+    }
+    false
 }
 
 /// Moves `command_id` on (see the module docs). Serialised with every other change of command
@@ -278,10 +298,10 @@ async fn advance_locked(hub: &Hub, command_id: &str) -> Result<(), crate::store:
             }
             None if running < allowed
                 && !command.cancel_requested
-                && hub.agent_online(&inv.instance_id) =>
+                && reachable(hub, &inv.instance_id) =>
             {
-                let frame = job_frame(hub, &command, &inv.instance_id);
-                let sent = hub.send_control(&inv.instance_id, frame).await;
+                let job = job(hub, &command, &inv.instance_id);
+                let sent = deliver(hub, &inv.instance_id, job).await;
                 if sent {
                     debug!(command = command_id, instance = %inv.instance_id, "job sent");
                     inv.dispatched_at = Some(now);
@@ -294,10 +314,7 @@ async fn advance_locked(hub: &Hub, command_id: &str) -> Result<(), crate::store:
                 let due = inv
                     .last_sent_at
                     .is_none_or(|t| now.duration_since(t).unwrap_or_default() >= RESEND_AFTER);
-                if due
-                    && hub
-                        .send_control(&inv.instance_id, job_frame(hub, &command, &inv.instance_id))
-                        .await
+                if due && deliver(hub, &inv.instance_id, job(hub, &command, &inv.instance_id)).await
                 {
                     debug!(command = command_id, instance = %inv.instance_id, "job resent");
                     inv.last_sent_at = Some(now);
@@ -496,10 +513,7 @@ pub(crate) async fn cancel(hub: &Hub, command: &CommandRecord, instances: &[Stri
                         cancel_message_id: wire::job_id(&command.command_id, &inv.instance_id),
                     },
                 );
-                if !hub
-                    .send_control(&inv.instance_id, job.to_message().to_bytes())
-                    .await
-                {
+                if !deliver(hub, &inv.instance_id, job).await {
                     debug!(instance = %inv.instance_id, "cancel not delivered: the agent is offline");
                 }
             }

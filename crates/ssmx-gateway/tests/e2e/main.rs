@@ -9,6 +9,7 @@ mod documents;
 mod fleet;
 mod garbage;
 mod kms_api;
+mod official_agent;
 mod relay;
 mod restart;
 mod sigv4;

@@ -15,16 +15,15 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn tls_listener_serves_api_mgs_and_wss_data_channels() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    // The gateway makes its own private CA and certificate on this first run.
+    let cert_path = dir.path().join("tls/cert.pem");
     let credential = ApiCredential::generate("alice");
     let config = Config {
         tls: Some(TlsConfig {
-            cert: cert_path,
-            key: key_path,
+            cert: cert_path.clone(),
+            key: dir.path().join("tls/key.pem"),
+            generate: true,
+            names: Vec::new(),
         }),
         ..Config::default()
     };
@@ -41,12 +40,17 @@ async fn tls_listener_serves_api_mgs_and_wss_data_channels() {
     let url = gateway.url().replace("127.0.0.1", "localhost");
     let host = url.trim_start_matches("https://").to_owned();
 
+    let ca_pem = std::fs::read(ssmx_gateway::generated_ca_path(&cert_path)).unwrap();
     let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
         .build()
         .unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    for ca in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+        &ca_pem,
+    ) {
+        roots.add(ca.unwrap()).unwrap();
+    }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -102,7 +102,46 @@ pub fn sign_headers_in(
     body: &[u8],
     signer: &Signer<'_>,
 ) -> Vec<(String, String)> {
-    let identity = Credentials::new(signer.key, signer.secret, None, None, "test").into();
+    sign_with(region, method, url, headers, body, signer, None)
+}
+
+/// Like [`sign_headers`], with temporary credentials: adds and signs `X-Amz-Security-Token`.
+pub fn sign_headers_with_token(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    signer: &Signer<'_>,
+    session_token: &str,
+) -> Vec<(String, String)> {
+    sign_with(
+        REGION,
+        method,
+        url,
+        headers,
+        body,
+        signer,
+        Some(session_token),
+    )
+}
+
+fn sign_with(
+    region: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    signer: &Signer<'_>,
+    session_token: Option<&str>,
+) -> Vec<(String, String)> {
+    let identity = Credentials::new(
+        signer.key,
+        signer.secret,
+        session_token.map(str::to_owned),
+        None,
+        "test",
+    )
+    .into();
     let params = SigningParams::builder()
         .identity(&identity)
         .region(region)
