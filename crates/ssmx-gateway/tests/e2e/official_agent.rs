@@ -18,7 +18,6 @@ use serde_json::Value;
 use ssmx_gateway::sigv4::{rsa_string_to_sign, RequestParts, SigningKey, Verifier};
 use ssmx_gateway::Gateway;
 use ssmx_protocol::{AgentMessage, MessageType, PayloadType};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// One recorded conversation.
@@ -386,6 +385,18 @@ impl OfficialAgent {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// A WebSocket upgrade signed as the agent signs it, with its temporary credentials.
+    async fn signed_ws(&self, gateway: &Gateway, path_and_query: &str) -> Ws {
+        signed_ws_with_token(
+            gateway.url(),
+            path_and_query,
+            &self.access_key_id,
+            &self.secret_access_key,
+            Some(&self.session_token),
+        )
+        .await
+    }
+
     /// Opens the control channel as the recorded agent did: CreateControlChannel, the signed
     /// upgrade, and its OpenControlChannel frame.
     async fn open_control_channel(&self, gateway: &Gateway, rec: &Recording) -> Ws {
@@ -403,31 +414,7 @@ impl OfficialAgent {
             "/v1/control-channel/{}?role=subscribe&stream=input",
             self.instance_id
         );
-        let http_url = format!("{}{path}", gateway.url());
-        let signed = sign_headers_with_token(
-            "GET",
-            &http_url,
-            &[],
-            b"",
-            &Signer {
-                service: "ssmmessages",
-                key: &self.access_key_id,
-                secret: &self.secret_access_key,
-                at: SystemTime::now(),
-            },
-            &self.session_token,
-        );
-        let mut request = http_url
-            .replacen("http://", "ws://", 1)
-            .into_client_request()
-            .unwrap();
-        for (k, v) in signed {
-            request.headers_mut().insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let mut ws = tokio_tungstenite::connect_async(request).await.unwrap().0;
+        let mut ws = self.signed_ws(gateway, &path).await;
         let mut open = rec.agent_text("agent-control");
         open["TokenValue"] = token.into();
         ws.send(Message::text(open.to_string())).await.unwrap();
@@ -813,34 +800,12 @@ async fn an_official_agents_shell_session_reaches_the_client_as_recorded() {
         .await;
     assert_eq!(status, 201, "{body}");
     let token = ssmx_protocol::payload::parse_create_channel_output_xml(&body).unwrap();
-    let http_url = format!(
-        "{}/v1/data-channel/{session_id}?role=publish_subscribe",
-        gateway.url()
-    );
-    let signed = sign_headers_with_token(
-        "GET",
-        &http_url,
-        &[],
-        b"",
-        &Signer {
-            service: "ssmmessages",
-            key: &agent.access_key_id,
-            secret: &agent.secret_access_key,
-            at: SystemTime::now(),
-        },
-        &agent.session_token,
-    );
-    let mut request = http_url
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .unwrap();
-    for (k, v) in signed {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    let mut data = tokio_tungstenite::connect_async(request).await.unwrap().0;
+    let mut data = agent
+        .signed_ws(
+            &gateway,
+            &format!("/v1/data-channel/{session_id}?role=publish_subscribe"),
+        )
+        .await;
     let mut open = shell.agent_text("agent-data");
     open["TokenValue"] = token.into();
     data.send(Message::text(own_session(&open.to_string())))

@@ -242,20 +242,26 @@ impl AgentCredential {
 
 /// A WebSocket upgrade signed (service `ssmmessages`) with `key` and `secret`.
 pub async fn signed_ws(base: &str, path_and_query: &str, key: &str, secret: &str) -> Ws {
+    signed_ws_with_token(base, path_and_query, key, secret, None).await
+}
+
+/// [`signed_ws`] with temporary credentials when `session_token` is given.
+pub async fn signed_ws_with_token(
+    base: &str,
+    path_and_query: &str,
+    key: &str,
+    secret: &str,
+    session_token: Option<&str>,
+) -> Ws {
     let http_url = format!("{base}{path_and_query}");
     let ws_url = http_url.replacen("http://", "ws://", 1);
-    let signed = sign_headers(
-        "GET",
-        &http_url,
-        &[],
-        b"",
-        &Signer {
-            service: "ssmmessages",
-            key,
-            secret,
-            at: SystemTime::now(),
-        },
-    );
+    let signer = Signer {
+        service: "ssmmessages",
+        key,
+        secret,
+        at: SystemTime::now(),
+    };
+    let signed = sign_with(REGION, "GET", &http_url, &[], b"", &signer, session_token);
     let mut request = ws_url.into_client_request().unwrap();
     for (k, v) in signed {
         request.headers_mut().insert(
