@@ -93,12 +93,9 @@ impl ApiCredential {
         Self {
             access_key_id: format!(
                 "AKID{}",
-                crate::store::random_token(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+                crate::secrets::random_token(16, crate::secrets::BASE32)
             ),
-            secret_access_key: crate::store::random_token(
-                40,
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
-            ),
+            secret_access_key: crate::secrets::random_token(40, crate::secrets::ALNUM),
             user: user.to_owned(),
         }
     }

@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn custom_documents_load_from_json_and_yaml() {
-        let dir = std::env::temp_dir().join(format!("ssmx-docs-{}", crate::store::random_hex(8)));
+        let dir = std::env::temp_dir().join(format!("ssmx-docs-{}", crate::secrets::random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("Team-Shell.yaml"),

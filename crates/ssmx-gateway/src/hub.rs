@@ -269,7 +269,7 @@ impl Hub {
                 .headers
                 .get("x-amz-security-token")
                 .and_then(|v| v.to_str().ok())
-                .map(crate::store::hash_code);
+                .map(crate::secrets::secret_hash);
             if given.as_deref() != Some(expected.as_str()) {
                 verified = Err(SigV4Error::BadSessionToken);
             }

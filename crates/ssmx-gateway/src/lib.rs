@@ -51,6 +51,7 @@ mod malformed;
 mod mds;
 mod metrics;
 mod mgs;
+mod secrets;
 mod server;
 mod session;
 mod tls;

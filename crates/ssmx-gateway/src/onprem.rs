@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, OptionalExtension as _};
 
-use crate::store::{
-    hash_code, millis, random_base64, random_token, RegisterError, Store, StoreError, ALNUM, BASE32,
-};
+use crate::secrets::{random_base64, random_token, secret_hash, ALNUM, BASE32};
+use crate::store::{millis, RegisterError, Store, StoreError};
 
 /// Lifetime of issued role credentials: AWS's one hour. The agent refreshes at half-life.
 pub const ROLE_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(3600);
@@ -117,7 +116,9 @@ impl Store {
             session_token: random_base64(96),
             expires_at: now + ROLE_CREDENTIALS_LIFETIME,
         };
-        let sealed = self.seal(credentials.secret_access_key.as_bytes());
+        let sealed = self
+            .sealing_key
+            .seal(credentials.secret_access_key.as_bytes());
         let conn = self.conn();
         conn.execute(
             "DELETE FROM role_credentials WHERE expires_at <= ?1",
@@ -129,7 +130,7 @@ impl Store {
                 credentials.access_key_id,
                 instance_id,
                 sealed,
-                hash_code(&credentials.session_token),
+                secret_hash(&credentials.session_token),
                 millis(credentials.expires_at),
             ],
         )?;
@@ -167,7 +168,7 @@ mod tests {
         assert_eq!(found.secret, issued.secret_access_key);
         assert_eq!(
             found.session_token_hash,
-            Some(hash_code(&issued.session_token))
+            Some(secret_hash(&issued.session_token))
         );
         store
             .conn()

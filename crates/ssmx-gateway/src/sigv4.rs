@@ -32,6 +32,7 @@ use base64::Engine as _;
 use http::{HeaderMap, Method, Uri};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::secrets::constant_time_eq;
 
 /// How far a request's `X-Amz-Date` may be from the gateway's clock, either way; AWS's window.
 pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -569,10 +570,6 @@ pub fn rsa_public_key(spki_der: &[u8]) -> Option<&[u8]> {
     (info.algorithm.oid == RSA_ENCRYPTION)
         .then(|| info.subject_public_key.as_bytes())
         .flatten()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

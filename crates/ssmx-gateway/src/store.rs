@@ -22,12 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use rand::Rng as _;
-use ring::aead;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::config::Database;
+use crate::secrets::{
+    constant_time_eq, random_hex, random_token, secret_hash, SealingKey, ALNUM, BASE32,
+};
 
 /// How long SQLite waits on a lock held by another process (e.g. `ssmx gateway activation
 /// create` while the gateway runs) before reporting busy.
@@ -322,14 +322,14 @@ pub struct AuditEntry {
 /// The SQLite store. Cheap operations, run inline under a mutex.
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    sealing_key: aead::LessSafeKey,
+    pub(crate) sealing_key: SealingKey,
 }
 
 impl Store {
     /// Opens (creating if needed) the database and its key file.
     pub fn open(database: &Database) -> Result<Self, StoreError> {
-        let (conn, key) = match database {
-            Database::Memory => (Connection::open_in_memory()?, random_bytes::<32>()),
+        let (conn, sealing_key) = match database {
+            Database::Memory => (Connection::open_in_memory()?, SealingKey::ephemeral()),
             Database::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -341,7 +341,7 @@ impl Store {
                 conn.busy_timeout(BUSY_TIMEOUT)?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
-                (conn, load_or_create_key(&key_path(path))?)
+                (conn, SealingKey::for_database(path)?)
             }
         };
         conn.execute_batch(SCHEMA)?;
@@ -351,10 +351,9 @@ impl Store {
         conn.execute_batch(crate::fleet::SCHEMA)?;
         conn.execute_batch(crate::commands::output::SCHEMA)?;
         conn.execute_batch(crate::onprem::SCHEMA)?;
-        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &key).expect("32-byte key");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            sealing_key: aead::LessSafeKey::new(unbound),
+            sealing_key,
         })
     }
 
@@ -377,7 +376,7 @@ impl Store {
             "INSERT INTO activations (activation_id, code_hash, description, default_instance_name, iam_role, registration_limit, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 id,
-                hash_code(&code),
+                secret_hash(&code),
                 new.description,
                 new.default_instance_name,
                 new.iam_role,
@@ -433,7 +432,10 @@ impl Store {
         let Some((code_hash, limit, used, expires_at, name, iam_role)) = row else {
             return Err(RegisterError::Invalid);
         };
-        if !constant_time_eq(code_hash.as_bytes(), hash_code(activation_code).as_bytes()) {
+        if !constant_time_eq(
+            code_hash.as_bytes(),
+            secret_hash(activation_code).as_bytes(),
+        ) {
             return Err(RegisterError::Invalid);
         }
         if expires_at <= millis(now) {
@@ -443,11 +445,13 @@ impl Store {
             return Err(RegisterError::LimitReached);
         }
         let registration = Registration {
-            instance_id: format!("mi-{}", random_token(17, HEX)),
+            instance_id: format!("mi-{}", random_hex(17)),
             access_key_id: format!("SSMX{}", random_token(16, BASE32)),
             secret_access_key: random_token(40, ALNUM),
         };
-        let sealed = self.seal(registration.secret_access_key.as_bytes());
+        let sealed = self
+            .sealing_key
+            .seal(registration.secret_access_key.as_bytes());
         tx.execute(
             "INSERT INTO instances (instance_id, activation_id, name, iam_role, access_key_id, secret_sealed, registered_at, computer_name, platform_type) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -492,7 +496,7 @@ impl Store {
             None => Ok(None),
             Some((instance_id, sealed, session_token_hash)) => Ok(Some(AgentKey {
                 instance_id,
-                secret: self.unseal(&sealed)?,
+                secret: self.sealing_key.open(&sealed)?,
                 session_token_hash,
             })),
         }
@@ -737,33 +741,6 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    pub(crate) fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let nonce_bytes = random_bytes::<12>();
-        let nonce = aead::Nonce::assume_unique_for_key(nonce_bytes);
-        let mut buf = plaintext.to_vec();
-        self.sealing_key
-            .seal_in_place_append_tag(nonce, aead::Aad::empty(), &mut buf)
-            .expect("sealing a short secret cannot fail");
-        let mut out = nonce_bytes.to_vec();
-        out.extend_from_slice(&buf);
-        out
-    }
-
-    pub(crate) fn unseal(&self, sealed: &[u8]) -> Result<String, StoreError> {
-        if sealed.len() < 12 {
-            return Err(StoreError::Unseal);
-        }
-        let (nonce, ciphertext) = sealed.split_at(12);
-        let nonce =
-            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| StoreError::Unseal)?;
-        let mut buf = ciphertext.to_vec();
-        let plain = self
-            .sealing_key
-            .open_in_place(nonce, aead::Aad::empty(), &mut buf)
-            .map_err(|_| StoreError::Unseal)?;
-        String::from_utf8(plain.to_vec()).map_err(|_| StoreError::Unseal)
-    }
 }
 
 const SESSION_COLUMNS: &str = "session_id, target, owner, document_name, reason, status, details, start_date, end_date, max_session_duration, parameters, recording";
@@ -802,79 +779,6 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRecord> {
         },
         last_seen_at: r.get::<_, Option<i64>>(11)?.map(from_millis),
     })
-}
-
-fn key_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".key");
-    db.with_file_name(name)
-}
-
-fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
-    let io_err = |source| StoreError::KeyFile {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| StoreError::KeyFileCorrupt(path.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_bytes::<32>();
-            write_private_file(path, &key).map_err(io_err)?;
-            Ok(key)
-        }
-        Err(e) => Err(io_err(e)),
-    }
-}
-
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-const HEX: &[u8] = b"0123456789abcdef";
-pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-pub(crate) const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
-/// `len` characters drawn uniformly from `alphabet` with the OS-seeded CSPRNG.
-pub(crate) fn random_token(len: usize, alphabet: &[u8]) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
-        .collect()
-}
-
-/// `len` random lowercase hex digits.
-pub(crate) fn random_hex(len: usize) -> String {
-    random_token(len, HEX)
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    rand::rng().fill(&mut out[..]);
-    out
-}
-
-/// Random URL-safe base64 of `bytes` random bytes (tokens).
-pub(crate) fn random_base64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill(&mut buf[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
-pub(crate) fn hash_code(code: &str) -> String {
-    hex::encode(ssmx_protocol::digest::sha256(code.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Milliseconds since the epoch, as stored.

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::store::random_base64;
+use crate::secrets::random_base64;
 
 /// Random bytes in a token: 256 bits, well above the 128 the brief requires.
 const TOKEN_BYTES: usize = 32;

@@ -22,8 +22,7 @@ use crate::recording::{Format, Recorder};
 use crate::session::{Event, NewSession, Session, TERMINATE_WAIT};
 use crate::sigv4::RequestParts;
 use crate::store::{
-    self, random_hex, status, InstanceInfo, NewActivation, RegisterError, SessionQuery,
-    SessionRecord,
+    self, status, InstanceInfo, NewActivation, RegisterError, SessionQuery, SessionRecord,
 };
 use crate::tokens::Purpose;
 
@@ -380,7 +379,7 @@ async fn start_session(
             format!("{target} is not connected."),
         ));
     }
-    let session_id = format!("{user}-{}", random_hex(17));
+    let session_id = format!("{user}-{}", crate::secrets::random_hex(17));
     let task = AgentTaskPayload {
         session_id: session_id.clone(),
         document_name: prepared.name.clone(),
