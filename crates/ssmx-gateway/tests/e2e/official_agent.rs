@@ -754,6 +754,28 @@ async fn an_official_agent_without_a_control_channel_runs_a_command_over_ec2mess
         again.is_err(),
         "an empty poll is held, not answered: {again:?}"
     );
+
+    // A message the agent cannot handle (FailMessage) fails its invocation as undeliverable.
+    let refused = send_recorded_command(&ssm, &agent.instance_id).await;
+    let (status, body) = agent
+        .replay(&gateway, &polls[0], "ec2messages", |b| b)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let message_id = format!("aws.ssm.{refused}.{}", agent.instance_id);
+    assert!(body.contains(&message_id), "{body}");
+    let fail = RecordedRequest::parse(&format!(
+        "POST / HTTP/1.1\nContent-Type: application/x-amz-json-1.1\nX-Amz-Target: EC2WindowsMessageDeliveryService.FailMessage\n\n{}",
+        serde_json::json!({"FailureType": "InternalHandlerException", "MessageId": message_id})
+    ));
+    assert_eq!(
+        agent.replay(&gateway, &fail, "ec2messages", |b| b).await,
+        (200, "{}".to_owned())
+    );
+    let inv = final_invocation(&ssm, &refused, &agent.instance_id).await;
+    assert_eq!(
+        (inv.status().unwrap().as_str(), inv.status_details()),
+        ("Failed", Some("Undeliverable"))
+    );
 }
 
 #[tokio::test]
