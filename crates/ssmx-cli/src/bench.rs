@@ -23,7 +23,9 @@ use anyhow::{bail, Context};
 
 use self::cpus::{CpuList, Placement};
 use self::plugin::{Launch, Plugin};
-use self::report::{ClientMemory, LatencyReport, Machine, PluginInfo, Report, SetupReport};
+use self::report::{
+    ClientMemory, FailedPhase, LatencyReport, Machine, PluginInfo, Report, SetupReport,
+};
 use self::shell::{Cancel, ShellSession};
 use self::stack::{Api, ChildGuard, SessionRequest, SessionResponse, Stack};
 use self::throughput::{CpuPerGb, PatternServer, ThroughputReport};
@@ -201,14 +203,22 @@ pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<
             if args.keep {
                 eprintln!("ssmx bench: files kept in {}", scratch.keep().display());
             }
-            Ok(ExitCode::SUCCESS)
+            if report.failed_phases.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for failed in &report.failed_phases {
+                eprintln!("ssmx bench: {} failed: {}", failed.phase, failed.error);
+            }
+            if !args.keep {
+                eprintln!("ssmx bench: run again with --keep to keep the logs of the gateway, the agent and the plugins");
+            }
+            Ok(ExitCode::FAILURE)
         }
         Err(e) => {
-            let dir = scratch.keep();
-            Err(e.context(format!(
-                "the benchmark failed; configuration and logs are in {}",
-                dir.display()
-            )))
+            if args.keep {
+                eprintln!("ssmx bench: files kept in {}", scratch.keep().display());
+            }
+            Err(e.context("the benchmark could not start"))
         }
     }
 }
@@ -325,89 +335,116 @@ async fn bench(
         client_memory: None,
         fleet: None,
         targets: Vec::new(),
+        failed_phases: Vec::new(),
     };
-    match measure_all(&ctx, &stack, sizes, &mut report).await {
-        Ok(()) => {}
-        // A dead gateway or agent explains more than the symptom seen by the measurement.
-        Err(e) => {
-            return Err(match stack.ensure_running() {
-                Err(dead) => e.context(format!("{dead:#}")),
-                Ok(()) => e,
-            })
-        }
-    }
+    let failures = measure_all(&ctx, &stack, sizes, &mut report).await;
+    record_failures(&mut report, &mut stack, failures);
     report.judge();
     Ok(report)
 }
 
+/// Records failed measurements in `report`; a dead gateway or agent explains more than the
+/// symptom a measurement saw, so it is named first.
+fn record_failures(report: &mut Report, stack: &mut Stack, failures: Vec<(&str, anyhow::Error)>) {
+    for (phase, e) in failures {
+        let e = match stack.ensure_running() {
+            Err(dead) => e.context(format!("{dead:#}")),
+            Ok(()) => e,
+        };
+        report.failed_phases.push(FailedPhase {
+            phase: phase.to_owned(),
+            error: format!("{e:#}"),
+        });
+    }
+}
+
+/// Runs every measurement `sizes` asks for into `report`; one that fails does not stop the
+/// others. Returns the failed ones.
 async fn measure_all(
     ctx: &Ctx,
     stack: &Stack,
     sizes: Sizes,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> Vec<(&'static str, anyhow::Error)> {
+    let mut failures = Vec::new();
+    let mut failed = |phase: &'static str, e: anyhow::Error| {
+        progress(&format!("{phase} failed: {e:#}"));
+        failures.push((phase, e));
+    };
     if sizes.setup_runs > 0 {
         progress(&format!(
             "session set-up: {} shell sessions",
             sizes.setup_runs
         ));
         let mut times = Vec::with_capacity(sizes.setup_runs);
+        let mut failure = None;
         for _ in 0..sizes.setup_runs {
-            times.push(setup_time(ctx).await.context("session set-up run")?);
+            match setup_time(ctx).await {
+                Ok(time) => times.push(time),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        report.session_setup = SetupReport::from_samples(&times);
+        match failure {
+            None => report.session_setup = SetupReport::from_samples(&times),
+            Some(e) => failed("session set-up", e),
+        }
     }
     if sizes.latency_samples > 0 {
         progress(&format!(
             "interactive latency: {} keystrokes in a shell session",
             sizes.latency_samples
         ));
-        let run = latency(ctx, sizes.latency_samples)
-            .await
-            .context("interactive latency run")?;
-        report.interactive_latency = LatencyReport::from_samples(&run.samples);
-        report.client_memory = Some(ClientMemory {
-            plugin_rss_kib: run.plugin_rss_kib,
-            plugin_peak_rss_kib: run.plugin_peak_rss_kib,
-        });
+        match latency(ctx, sizes.latency_samples).await {
+            Ok(run) => {
+                report.interactive_latency = LatencyReport::from_samples(&run.samples);
+                report.client_memory = Some(ClientMemory {
+                    plugin_rss_kib: run.plugin_rss_kib,
+                    plugin_peak_rss_kib: run.plugin_peak_rss_kib,
+                });
+            }
+            Err(e) => failed("interactive latency", e),
+        }
     }
     if sizes.mib > 0 {
         progress(&format!("port forwarding: {} MiB each way", sizes.mib));
-        let bytes = sizes
-            .mib
-            .checked_mul(1024 * 1024)
-            .context("--mib is too large")?;
-        report.port_forwarding = Some(
-            port_forwarding(ctx, stack, bytes)
-                .await
-                .context("port forwarding run")?,
-        );
+        let run = match sizes.mib.checked_mul(1024 * 1024) {
+            Some(bytes) => port_forwarding(ctx, stack, bytes).await,
+            None => Err(anyhow::anyhow!("--mib is too large")),
+        };
+        match run {
+            Ok(result) => report.port_forwarding = Some(result),
+            Err(e) => failed("port forwarding", e),
+        }
     }
     if sizes.idle_sessions > 0 {
         progress(&format!(
             "concurrency: {} idle sessions",
             sizes.idle_sessions
         ));
-        report.idle_sessions = Some(
-            idle::measure(
-                &ctx.api,
-                &ctx.target,
-                sizes.idle_sessions,
-                stack.gateway_pid(),
-                stack.agent_pid(),
-            )
-            .await
-            .context("idle sessions run")?,
-        );
+        let run = idle::measure(
+            &ctx.api,
+            &ctx.target,
+            sizes.idle_sessions,
+            stack.gateway_pid(),
+            stack.agent_pid(),
+        )
+        .await;
+        match run {
+            Ok(result) => report.idle_sessions = Some(result),
+            Err(e) => failed("idle sessions", e),
+        }
     }
     if sizes.fleet_agents > 0 {
         progress(&format!(
             "Run Command: echo to {} agent identities",
             sizes.fleet_agents
         ));
-        let activation =
-            stack::create_activation(&ctx.ssmx, &ctx.scratch, Some(sizes.fleet_agents)).await?;
-        report.fleet = Some(
+        let run = async {
+            let activation =
+                stack::create_activation(&ctx.ssmx, &ctx.scratch, Some(sizes.fleet_agents)).await?;
             fleet::measure(
                 &ctx.api,
                 activation,
@@ -416,10 +453,13 @@ async fn measure_all(
                 &ctx.scratch,
             )
             .await
-            .context("fleet run")?,
-        );
+        };
+        match run.await {
+            Ok(result) => report.fleet = Some(result),
+            Err(e) => failed("Run Command fleet", e),
+        }
     }
-    Ok(())
+    failures
 }
 
 /// CPU seconds used so far by each of `pids`.

@@ -154,3 +154,51 @@ fn gateway_cpus_gives_the_gateway_cpus_of_its_own() {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("no CPU 100000"), "{stderr}");
 }
+
+#[test]
+fn a_failed_measurement_leaves_the_others_reported_and_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plugin that refuses port forwarding and runs shells.
+    let plugin = dir.path().join("session-manager-plugin");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *AWS-StartPortForwardingSession*) echo refusing port sessions >&2; exit 1;; esac\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_session-manager-plugin")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ssmx"))
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--idle-sessions",
+            "0",
+            "--fleet-agents",
+            "0",
+        ])
+        .arg("--plugin")
+        .arg(&plugin)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("TMPDIR", &scratch)
+        .output()
+        .expect("run ssmx bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&out.stdout).expect("JSON report despite the failure");
+    let failed = report["failed_phases"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["phase"], "port forwarding");
+    assert!(report["port_forwarding"].is_null());
+    // The other measurements ran.
+    assert_eq!(number(&report, "session_setup.runs"), 2.0);
+    assert_eq!(number(&report, "interactive_latency.samples"), 20.0);
+    assert!(stderr.contains("port forwarding failed"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}

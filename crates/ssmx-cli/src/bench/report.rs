@@ -59,6 +59,17 @@ pub struct Report {
     pub fleet: Option<FleetReport>,
     /// Each DESIGN.md target with its figure.
     pub targets: Vec<TargetRow>,
+    /// Measurements that failed; the others still ran.
+    pub failed_phases: Vec<FailedPhase>,
+}
+
+/// A measurement that failed, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedPhase {
+    /// Which (`port forwarding`, `session set-up`, …).
+    pub phase: String,
+    /// The error with its causes.
+    pub error: String,
 }
 
 /// The machine.
@@ -421,6 +432,9 @@ impl Report {
             let _ = writeln!(out, "{}  {}  {}  {}", cell(0), cell(1), cell(2), l[3]);
         }
         let _ = writeln!(out);
+        for failed in &self.failed_phases {
+            let _ = writeln!(out, "FAILED {}: {}", failed.phase, failed.error);
+        }
         if let Some(p) = &self.port_forwarding {
             let _ = writeln!(
                 out,
@@ -548,6 +562,7 @@ mod tests {
                 gateway_kib_per_agent: 80.0,
             }),
             targets: Vec::new(),
+            failed_phases: Vec::new(),
         };
         report.judge();
         let verdicts: Vec<_> = report.targets.iter().map(|t| t.verdict).collect();
