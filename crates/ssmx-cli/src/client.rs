@@ -2,7 +2,6 @@
 //!
 //! Session output goes to stdout; every status line goes to stderr so output can be piped.
 
-mod socks;
 mod spec;
 pub(crate) mod ui;
 
@@ -23,8 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
 use crate::GlobalArgs;
-use socks::SocksProxy;
 use spec::LocalForward;
+use ssmx_client::socks::SocksProxy;
 use ui::port::{ControlSignals, ListenAt, Listener};
 use ui::Ui;
 
@@ -391,7 +390,12 @@ pub async fn port_forward(global: &GlobalArgs, args: PortForwardArgs) -> anyhow:
             REMOTE_HOST_PORT_DOCUMENT.to_owned(),
         ));
         proxies.push(proxy.clone());
-        socks_servers.spawn(proxy.serve(listener, UI));
+        UI.status(&format!(
+            "SOCKS5 proxy on {} through {} (one session per destination).\n",
+            listener.local_addr()?,
+            args.target
+        ));
+        socks_servers.spawn(proxy.serve(listener));
     }
 
     let (status, already_reported) = tokio::select! {
@@ -408,7 +412,7 @@ pub async fn port_forward(global: &GlobalArgs, args: PortForwardArgs) -> anyhow:
             Err(e) => return Err(e.into()),
         },
         Some(done) = socks_servers.join_next() => {
-            done??;
+            done?.context("accepting a SOCKS client")?;
             (ExitCode::FAILURE, None)
         }
         () = signals.recv() => {
@@ -420,7 +424,7 @@ pub async fn port_forward(global: &GlobalArgs, args: PortForwardArgs) -> anyhow:
     socks_servers.abort_all();
     terminate_all(&started).await;
     for proxy in &proxies {
-        proxy.terminate_all().await;
+        terminate_all(&proxy.open_sessions().await).await;
     }
     for forwarder in &started {
         if already_reported.as_deref() != Some(forwarder.session_id()) {

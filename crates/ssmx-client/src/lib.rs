@@ -28,6 +28,7 @@ mod port;
 mod proxy;
 mod session;
 mod signing;
+pub mod socks;
 
 pub use bytes::Bytes;
 pub use connect::client_id;

@@ -357,3 +357,58 @@ async fn a_reset_connection_is_resumed_without_loss_uploading() {
     carrier.abort();
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socks_front_end_reaches_hosts_through_one_session_per_destination() {
+    let stack = Stack::start().await;
+    let (port, _echo) = echo_server().await;
+    let manager = stack.manager().await;
+    let proxy = Arc::new(ssmx_client::socks::SocksProxy::new(
+        manager,
+        stack.instance_id.clone(),
+        "AWS-StartPortForwardingSessionToRemoteHost".into(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let server = tokio::spawn(proxy.clone().serve(listener));
+    for round in 0..3u8 {
+        let mut conn = TcpStream::connect(local).await.unwrap();
+        // Greeting (no authentication), then CONNECT 127.0.0.1:<port>.
+        conn.write_all(&[5, 1, 0]).await.unwrap();
+        let mut choice = [0u8; 2];
+        conn.read_exact(&mut choice).await.unwrap();
+        assert_eq!(choice, [5, 0]);
+        let mut request = vec![5, 1, 0, 1, 127, 0, 0, 1];
+        request.extend_from_slice(&port.to_be_bytes());
+        conn.write_all(&request).await.unwrap();
+        let mut answer = [0u8; 10];
+        timeout(STEP, conn.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer[..2], [5, 0], "round {round}: {answer:?}");
+        let message = [b'x', round];
+        conn.write_all(&message).await.unwrap();
+        let mut echoed = [0u8; 2];
+        timeout(STEP, conn.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    // Three connections to one destination shared one session.
+    let open = proxy.open_sessions().await;
+    assert_eq!(open.len(), 1);
+    // An address type it does not serve is answered, not dropped.
+    let mut conn = TcpStream::connect(local).await.unwrap();
+    conn.write_all(&[5, 1, 0, 5, 1, 0, 9]).await.unwrap();
+    let mut answer = [0u8; 12];
+    timeout(STEP, conn.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer[..4], [5, 0, 5, 8]);
+    timeout(STEP, open[0].terminate()).await.unwrap().unwrap();
+    server.abort();
+    stack.stop().await;
+}

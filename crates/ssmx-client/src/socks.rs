@@ -1,18 +1,16 @@
-//! `-D`: a SOCKS5 proxy (RFC 1928, CONNECT, no authentication) whose connections go through
+//! A SOCKS5 front-end (RFC 1928, CONNECT, no authentication) whose connections go through
 //! port sessions to hosts reachable from the target, one session per destination.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use anyhow::Context;
-use ssmx_client::{PortForwarder, SessionManager};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use super::ui::Ui;
+use crate::{Error, PortForwarder, SessionManager};
 
 const SOCKS_VERSION: u8 = 5;
 const METHOD_NO_AUTH: u8 = 0;
@@ -36,37 +34,61 @@ pub struct Destination {
     pub port: u16,
 }
 
+/// Why one SOCKS connection was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum SocksError {
+    /// The client's greeting or request breaks RFC 1928 or asks for what is not offered.
+    #[error("{0}")]
+    Protocol(String),
+    /// The client connection failed.
+    #[error("SOCKS client connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// No session to the destination could be started.
+    #[error("{host}:{port}: {source}")]
+    Session {
+        /// The destination host.
+        host: String,
+        /// The destination port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: Error,
+    },
+}
+
 /// Why a SOCKS request cannot be served, with the reply code to send.
 #[derive(Debug)]
 struct Refusal {
     reply: u8,
-    reason: String,
+    error: Error,
 }
 
 /// Reads the greeting and the request; answers the greeting. On a refusal the reply has been
 /// sent when possible.
-async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> anyhow::Result<Destination> {
+async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<Destination, SocksError> {
     let version = s.read_u8().await?;
-    anyhow::ensure!(
-        version == SOCKS_VERSION,
-        "not a SOCKS5 client (version {version})"
-    );
+    if version != SOCKS_VERSION {
+        return Err(protocol(format!("not a SOCKS5 client (version {version})")));
+    }
     let n = s.read_u8().await? as usize;
     let mut methods = vec![0u8; n];
     s.read_exact(&mut methods).await?;
     if !methods.contains(&METHOD_NO_AUTH) {
         s.write_all(&[SOCKS_VERSION, METHOD_NONE_ACCEPTABLE])
             .await?;
-        anyhow::bail!("SOCKS client offers no unauthenticated method");
+        return Err(protocol(
+            "SOCKS client offers no unauthenticated method".into(),
+        ));
     }
     s.write_all(&[SOCKS_VERSION, METHOD_NO_AUTH]).await?;
     let mut head = [0u8; 4];
     s.read_exact(&mut head).await?;
     let [version, cmd, _reserved, atyp] = head;
-    anyhow::ensure!(
-        version == SOCKS_VERSION,
-        "bad SOCKS request version {version}"
-    );
+    if version != SOCKS_VERSION {
+        return Err(protocol(format!("bad SOCKS request version {version}")));
+    }
     let host = match atyp {
         ATYP_IPV4 => {
             let mut a = [0u8; 4];
@@ -82,17 +104,19 @@ async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> anyhow::R
             let len = s.read_u8().await? as usize;
             let mut name = vec![0u8; len];
             s.read_exact(&mut name).await?;
-            String::from_utf8(name).context("SOCKS host name is not UTF-8")?
+            String::from_utf8(name).map_err(|_| protocol("SOCKS host name is not UTF-8".into()))?
         }
         other => {
             reply(s, REPLY_ADDRESS_NOT_SUPPORTED).await?;
-            anyhow::bail!("unsupported SOCKS address type {other}");
+            return Err(protocol(format!("unsupported SOCKS address type {other}")));
         }
     };
     let port = s.read_u16().await?;
     if cmd != CMD_CONNECT {
         reply(s, REPLY_COMMAND_NOT_SUPPORTED).await?;
-        anyhow::bail!("unsupported SOCKS command {cmd} (only CONNECT)");
+        return Err(protocol(format!(
+            "unsupported SOCKS command {cmd} (only CONNECT)"
+        )));
     }
     Ok(Destination { host, port })
 }
@@ -147,17 +171,17 @@ impl SocksProxy {
             .manager
             .start_session(&self.target, Some(&self.document), parameters)
             .await
-            .map_err(|e| Refusal {
-                reply: match e {
-                    ssmx_client::Error::TargetNotConnected { .. } => REPLY_HOST_UNREACHABLE,
+            .map_err(|error| Refusal {
+                reply: match error {
+                    Error::TargetNotConnected { .. } => REPLY_HOST_UNREACHABLE,
                     _ => REPLY_GENERAL_FAILURE,
                 },
-                reason: e.to_string(),
+                error,
             })?;
         tracing::info!(session_id = session.id(), host = %dest.host, port = dest.port, "session for SOCKS destination");
-        let forwarder = PortForwarder::new(session).await.map_err(|e| Refusal {
+        let forwarder = PortForwarder::new(session).await.map_err(|error| Refusal {
             reply: REPLY_GENERAL_FAILURE,
-            reason: e.to_string(),
+            error,
         })?;
         let forwarder = Arc::new(forwarder);
         *slot = Some(forwarder.clone());
@@ -165,38 +189,44 @@ impl SocksProxy {
     }
 
     /// Serves one SOCKS client connection.
-    async fn handle(&self, mut conn: TcpStream) -> anyhow::Result<()> {
+    async fn handle(&self, mut conn: TcpStream) -> Result<(), SocksError> {
         let dest = read_request(&mut conn).await?;
         match self.forwarder(&dest).await {
             Ok(forwarder) => {
                 reply(&mut conn, REPLY_SUCCEEDED).await?;
-                forwarder.forward(conn).await?;
-                Ok(())
+                forwarder
+                    .forward(conn)
+                    .await
+                    .map_err(|source| SocksError::Session {
+                        host: dest.host,
+                        port: dest.port,
+                        source,
+                    })
             }
             Err(refusal) => {
                 let _ = reply(&mut conn, refusal.reply).await;
-                anyhow::bail!("{}:{}: {}", dest.host, dest.port, refusal.reason)
+                Err(SocksError::Session {
+                    host: dest.host,
+                    port: dest.port,
+                    source: refusal.error,
+                })
             }
         }
     }
 
-    /// Accepts SOCKS clients until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, ui: Ui) -> anyhow::Result<()> {
-        let addr = listener.local_addr()?;
-        ui.status(&format!(
-            "SOCKS5 proxy on {addr} through {} (one session per destination).\n",
-            self.target
-        ));
+    /// Accepts SOCKS clients until the task is dropped; each connection is served on its own
+    /// task, and one that fails is logged.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (conn, peer) = accepted.context("accepting a SOCKS client")?;
+                    let (conn, peer) = accepted?;
                     let _ = conn.set_nodelay(true);
                     let proxy = self.clone();
                     connections.spawn(async move {
                         if let Err(e) = proxy.handle(conn).await {
-                            tracing::warn!(%peer, "SOCKS connection: {e:#}");
+                            tracing::warn!(%peer, "SOCKS connection: {e}");
                         }
                     });
                 }
@@ -205,22 +235,28 @@ impl SocksProxy {
         }
     }
 
-    /// Ends every session the proxy started.
-    pub async fn terminate_all(&self) {
+    /// The sessions the proxy started that are still open.
+    pub async fn open_sessions(&self) -> Vec<Arc<PortForwarder>> {
         let slots: Vec<_> = self.sessions.lock().await.values().cloned().collect();
+        let mut open = Vec::new();
         for slot in slots {
             if let Some(f) = slot.lock().await.as_ref().filter(|f| !f.is_closed()) {
-                super::ui::port::terminate(f).await;
+                open.push(f.clone());
             }
         }
+        open
     }
+}
+
+fn protocol(message: String) -> SocksError {
+    SocksError::Protocol(message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn request(bytes: &[u8]) -> (anyhow::Result<Destination>, Vec<u8>) {
+    async fn request(bytes: &[u8]) -> (Result<Destination, SocksError>, Vec<u8>) {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(bytes).await.unwrap();
         let result = read_request(&mut server).await;
