@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
 use crate::digest::{sha256, Digest};
@@ -303,22 +303,28 @@ impl AgentMessage {
     /// Appends the frame to `buf` with a digest the caller already computed over the payload.
     pub fn encode_with_digest(&self, buf: &mut BytesMut, digest: &Digest) {
         let payload_len = u32::try_from(self.payload.len()).expect("payload length fits in u32");
-        buf.reserve(self.encoded_len());
-        buf.put_u32(HEADER_LENGTH);
+        // The header is assembled on the stack and appended with the payload in two copies, rather
+        // than field by field through `BufMut`'s bounds-checked puts.
+        let mut header = [b' '; PAYLOAD_OFFSET];
+        header[..OFF_MESSAGE_TYPE].copy_from_slice(&HEADER_LENGTH.to_be_bytes());
         let name = self.message_type.as_str().as_bytes();
-        buf.put_slice(name);
-        buf.put_bytes(b' ', MESSAGE_TYPE_LEN - name.len());
-        buf.put_u32(self.schema_version);
-        buf.put_u64(self.created_date);
-        buf.put_i64(self.sequence_number);
-        buf.put_u64(self.flags);
+        header[OFF_MESSAGE_TYPE..OFF_MESSAGE_TYPE + name.len()].copy_from_slice(name);
+        header[OFF_SCHEMA_VERSION..OFF_CREATED_DATE]
+            .copy_from_slice(&self.schema_version.to_be_bytes());
+        header[OFF_CREATED_DATE..OFF_SEQUENCE_NUMBER]
+            .copy_from_slice(&self.created_date.to_be_bytes());
+        header[OFF_SEQUENCE_NUMBER..OFF_FLAGS].copy_from_slice(&self.sequence_number.to_be_bytes());
+        header[OFF_FLAGS..OFF_MESSAGE_ID].copy_from_slice(&self.flags.to_be_bytes());
         let id = self.message_id.as_bytes();
-        buf.put_slice(&id[8..16]);
-        buf.put_slice(&id[0..8]);
-        buf.put_slice(digest);
-        buf.put_u32(self.payload_type.to_u32());
-        buf.put_u32(payload_len);
-        buf.put_slice(&self.payload);
+        header[OFF_MESSAGE_ID..OFF_MESSAGE_ID + 8].copy_from_slice(&id[8..16]);
+        header[OFF_MESSAGE_ID + 8..OFF_DIGEST].copy_from_slice(&id[0..8]);
+        header[OFF_DIGEST..OFF_PAYLOAD_TYPE].copy_from_slice(digest);
+        header[OFF_PAYLOAD_TYPE..OFF_PAYLOAD_LENGTH]
+            .copy_from_slice(&self.payload_type.to_u32().to_be_bytes());
+        header[OFF_PAYLOAD_LENGTH..].copy_from_slice(&payload_len.to_be_bytes());
+        buf.reserve(self.encoded_len());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&self.payload);
     }
 
     /// The encoded frame as one buffer.
