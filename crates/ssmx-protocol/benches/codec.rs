@@ -192,7 +192,11 @@ fn construct_encode(c: &mut Criterion) {
 fn construct_parts(c: &mut Criterion) {
     let mut group = c.benchmark_group("construct_parts");
     group.bench_function("Uuid::new_v4", |b| b.iter(Uuid::new_v4));
+    group.bench_function("ThreadRng-u128", |b| b.iter(rand::random::<u128>));
     group.bench_function("now_millis", |b| b.iter(now_millis));
+    group.bench_function("frame-buffer-1024", |b| {
+        b.iter(|| BytesMut::with_capacity(black_box(PAYLOAD_OFFSET + 1024)))
+    });
     let data = payload(1024);
     group.bench_function("AgentMessage::new/1024", |b| {
         b.iter(|| {
