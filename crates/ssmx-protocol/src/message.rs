@@ -327,7 +327,10 @@ impl AgentMessage {
         buf.extend_from_slice(&self.payload);
     }
 
-    /// The encoded frame as one buffer.
+    /// The encoded frame as one buffer, in an allocation of its own.
+    ///
+    /// A sender encoding many frames can instead [`encode`](Self::encode) them into one reused
+    /// `BytesMut` and `split().freeze()` each: the frames then share its allocations.
     pub fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.encoded_len());
         self.encode(&mut buf);
