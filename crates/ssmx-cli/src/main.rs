@@ -1,7 +1,6 @@
 //! `ssmx`: Session Manager and Run Command client, agent, gateway and demo in one command.
 
 mod agent;
-mod bench;
 mod client;
 mod demo;
 mod gateway;
@@ -136,7 +135,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure throughput, latency, set-up time and concurrency end to end on loopback.
     #[command(after_help = "Examples:\n  ssmx bench")]
-    Bench(bench::BenchArgs),
+    Bench(ssmx_bench::BenchArgs),
 }
 
 /// The executable name aws-cli runs; `ssmx` started under it is the plugin.
@@ -186,7 +185,14 @@ fn main() -> ExitCode {
             Command::Gateway(cmd) => gateway::run(&cli.global, cmd).await,
             Command::Agent(cmd) => agent::run(&cli.global, cmd).await,
             Command::Demo(args) => demo::run(&cli.global, args).await,
-            Command::Bench(args) => bench::run(&cli.global, args).await,
+            Command::Bench(args) => {
+                if cli.global.endpoint_url.is_some() {
+                    anyhow::bail!(
+                        "ssmx bench starts its own gateway on 127.0.0.1; leave out --endpoint-url"
+                    );
+                }
+                ssmx_bench::run(cli.global.region.as_deref(), args).await
+            }
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -1,8 +1,8 @@
-//! `ssmx bench`: the end-to-end benchmark. Starts a real gateway and agent (this executable) on
-//! loopback, drives a `session-manager-plugin` binary exactly as aws-cli does, and measures
-//! port-forwarding throughput, keystroke latency, session set-up time, gateway memory per idle
-//! session, the plugin's memory, and Run Command to a fleet of agent identities (time to finish,
-//! gateway memory per connected agent), each beside its target.
+//! The end-to-end benchmark behind `ssmx bench`. Starts a real gateway and agent (the running
+//! `ssmx` executable) on loopback, drives a `session-manager-plugin` binary exactly as aws-cli
+//! does, and measures port-forwarding throughput, keystroke latency, session set-up time,
+//! gateway memory per idle session, the plugin's memory, and Run Command to a fleet of agent
+//! identities (time to finish, gateway memory per connected agent), each beside its target.
 
 mod cpus;
 mod fleet;
@@ -139,12 +139,9 @@ impl Sizes {
     }
 }
 
-/// Runs the benchmarks and prints the report.
-pub async fn run(global: &crate::GlobalArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if global.endpoint_url.is_some() {
-        bail!("ssmx bench starts its own gateway on 127.0.0.1; leave out --endpoint-url");
-    }
-    let region = global.region.as_deref().unwrap_or(DEFAULT_REGION);
+/// Runs the benchmarks and prints the report; `region` signs the API calls (default us-east-1).
+pub async fn run(region: Option<&str>, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let region = region.unwrap_or(DEFAULT_REGION);
     let sizes = Sizes::from_args(&args);
     let ssmx = std::env::current_exe().context("cannot locate the running ssmx executable")?;
     let plugin_path = args

@@ -508,7 +508,7 @@ fn mib(kib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::throughput::CpuPerGb;
+    use crate::throughput::CpuPerGb;
 
     #[test]
     fn nearest_rank_percentiles() {
