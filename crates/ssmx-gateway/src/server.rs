@@ -46,7 +46,23 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
         )
         .layer(DefaultBodyLimit::max(api::MAX_API_BODY))
         .layer(axum::middleware::map_response(aws_shaped_refusals))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(hub)
+}
+
+/// The response header AWS services name each request by; SDKs report it with errors.
+const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+
+/// Gives every request an id, as AWS does: returned as `x-amzn-RequestId` and carried by the
+/// request's log lines, so a client's error and the gateway's log can be matched.
+async fn request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 /// Rewrites the refusals the HTTP layer makes by itself (a body over the limit, an unknown path

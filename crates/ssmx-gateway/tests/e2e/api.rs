@@ -496,3 +496,33 @@ async fn refusals_of_the_http_layer_are_aws_shaped() {
     }
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_as_aws_answers_do() {
+    use aws_sdk_ssm::operation::RequestId as _;
+    let (gateway, cred) = start_gateway("alice", None).await;
+    let ssm = ssm_client(gateway.url(), &cred);
+    let listed = ssm
+        .describe_sessions()
+        .state(SessionState::Active)
+        .send()
+        .await
+        .unwrap();
+    let first = listed.request_id().expect("a request id").to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&first).unwrap().get_version_num(), 4);
+    let refused = ssm
+        .terminate_session()
+        .session_id("alice-00000000000000000")
+        .send()
+        .await
+        .unwrap_err();
+    let again = refused.request_id().expect("errors carry one too");
+    assert_ne!(again, first);
+    // Answers the HTTP layer makes by itself carry one as well.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/no/such/path", gateway.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("x-amzn-requestid"));
+}
