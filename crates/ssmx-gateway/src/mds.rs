@@ -83,6 +83,14 @@ impl Mailboxes {
         });
     }
 
+    /// Drops the mailbox of a deregistered instance, with the jobs still in it.
+    pub fn forget(&self, instance_id: &str) {
+        let mut boxes = self.boxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mailbox) = boxes.remove(instance_id) {
+            mailbox.arrived.notify_waiters();
+        }
+    }
+
     /// Removes a message; true if it was there.
     fn remove(&self, instance_id: &str, message_id: &str) -> bool {
         self.with(instance_id, |b| {
@@ -336,6 +344,16 @@ mod tests {
         boxes.post("mi-1", job("aws.ssm.c.mi-1"));
         assert_eq!(boxes.take_visible("mi-1", Duration::ZERO).len(), 1);
         assert_eq!(boxes.take_visible("mi-1", Duration::ZERO).len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_mailbox_is_gone() {
+        let boxes = Mailboxes::default();
+        boxes.set_polling("mi-1", true);
+        boxes.post("mi-1", job("aws.ssm.c.mi-1"));
+        boxes.forget("mi-1");
+        assert!(!boxes.polling("mi-1"));
+        assert!(boxes.take_visible("mi-1", Duration::ZERO).is_empty());
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub(super) fn deregister_managed_instance(
     }
     // Its credential is gone with its row; the channel it holds is closed now.
     hub.disconnect_agent(&input.instance_id);
+    hub.mailboxes.forget(&input.instance_id);
     hub.store.audit(
         owner_arn,
         "DeregisterManagedInstance",
