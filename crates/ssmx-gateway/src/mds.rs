@@ -92,7 +92,7 @@ impl Mailboxes {
     }
 
     /// Removes a message; true if it was there.
-    fn remove(&self, instance_id: &str, message_id: &str) -> bool {
+    pub(crate) fn remove(&self, instance_id: &str, message_id: &str) -> bool {
         self.with(instance_id, |b| {
             let before = b.messages.len();
             b.messages.retain(|m| m.job.job_id != message_id);
@@ -189,7 +189,7 @@ pub(crate) async fn handle(
         "AcknowledgeMessage" => {
             let input: MessageIdInput = crate::api::parse(body)?;
             let job_id = own_message(instance_id, &input.message_id)?;
-            hub.mailboxes.remove(instance_id, job_id);
+            // The engine takes the message out of the mailbox with the acknowledgement.
             let ack = AgentJobAck {
                 job_id: job_id.to_owned(),
                 status_code: ack_code::SUCCESSFUL.into(),
@@ -213,7 +213,6 @@ pub(crate) async fn handle(
         "FailMessage" => {
             let input: FailMessageInput = crate::api::parse(body)?;
             let job_id = own_message(instance_id, &input.message_id)?;
-            hub.mailboxes.remove(instance_id, job_id);
             let ack = AgentJobAck {
                 job_id: job_id.to_owned(),
                 status_code: ack_code::UNEXPECTED.into(),

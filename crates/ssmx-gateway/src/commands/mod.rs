@@ -340,6 +340,8 @@ pub(crate) async fn on_job_ack(hub: &Hub, instance_id: &str, ack: AgentJobAck) {
         warn!(job = %ack.job_id, "ignoring an agent_job_ack for another instance");
         return;
     }
+    // Delivered: a copy posted for ec2messages before the control channel came up is moot.
+    hub.mailboxes.remove(instance_id, &ack.job_id);
     {
         let _serial = hub.commands_lock.lock().await;
         let Ok(Some(mut inv)) = hub.store.invocation(&command_id, instance_id) else {
