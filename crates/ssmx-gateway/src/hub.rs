@@ -146,13 +146,15 @@ impl Hub {
         kms: KeyService,
         access: AccessControl,
     ) -> Self {
+        let metrics = Metrics::new();
+        access.count_refusals(metrics.refusal_hook());
         Self {
             settings,
             store,
             documents,
             verifier: Verifier::new(),
             kms,
-            metrics: Metrics::new(),
+            metrics,
             access: std::sync::RwLock::new(Arc::new(access)),
             agents: Mutex::new(HashMap::new()),
             clock_skews: Mutex::new(HashMap::new()),
@@ -215,6 +217,7 @@ impl Hub {
 
     /// Puts reloaded credentials, users and policies in force for the calls that follow.
     pub fn replace_access(&self, access: AccessControl) {
+        access.count_refusals(self.metrics.refusal_hook());
         *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
     }
 

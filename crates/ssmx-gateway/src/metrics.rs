@@ -141,13 +141,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a request the policies refused.
-    pub fn access_denied(&self, action: &str) {
-        self.access_denied
-            .get_or_create(&ActionLabels {
-                action: action.to_owned(),
-            })
-            .inc();
+    /// What the access policies tell of each refusal: it is counted by its action.
+    pub fn refusal_hook(&self) -> crate::access::RefusalHook {
+        let counter = self.access_denied.clone();
+        crate::access::RefusalHook::new(move |action: &str| {
+            counter
+                .get_or_create(&ActionLabels {
+                    action: action.to_owned(),
+                })
+                .inc();
+        })
     }
 
     /// Reads the gauges off `hub` and encodes everything.

@@ -535,7 +535,6 @@ pub(crate) async fn data_channel_socket(
             Ok(Caller::Agent { instance_id }) => Some(instance_id),
             Ok(Caller::User(user)) => {
                 if let Err(e) = authorize::data_channel_upgrade(&hub, &user, &session_id) {
-                    hub.metrics.access_denied("ssmmessages:OpenDataChannel");
                     return access_denied(&e.message).into_response();
                 }
                 None

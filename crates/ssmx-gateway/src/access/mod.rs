@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
@@ -111,6 +111,25 @@ pub struct Principal {
     run_as: Option<String>,
     /// The policies in force, with the names they were attached by.
     policies: Vec<(String, Arc<Policy>)>,
+    /// Told the action of every refusal (see [`AccessControl::count_refusals`]).
+    refusals: Arc<OnceLock<RefusalHook>>,
+}
+
+/// Told the action of every request the policies refuse (the gateway's metrics).
+#[derive(Clone)]
+pub struct RefusalHook(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl RefusalHook {
+    /// A hook calling `count` with each refused action.
+    pub fn new(count: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(count))
+    }
+}
+
+impl std::fmt::Debug for RefusalHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalHook")
+    }
 }
 
 /// How a request was decided, and by which statement.
@@ -230,6 +249,9 @@ impl Principal {
             .map(|(policy, s)| describe_statement(policy, s))
             .unwrap_or_default();
         tracing::info!(user = %self.name, %action, %resource, decision = ?decision, statement = %deciding, "access denied");
+        if let Some(hook) = self.refusals.get() {
+            (hook.0)(action);
+        }
         ApiError::new(
             ErrorCode::AccessDenied,
             format!(
@@ -356,6 +378,7 @@ impl Arns {
 pub struct AccessControl {
     credentials: HashMap<String, (ApiCredential, Arc<Principal>)>,
     principals: HashMap<String, Arc<Principal>>,
+    refusals: Arc<OnceLock<RefusalHook>>,
 }
 
 impl AccessControl {
@@ -369,6 +392,7 @@ impl AccessControl {
         arns: &Arns,
     ) -> Result<Self, AccessConfigError> {
         let invalid = |m: String| AccessConfigError::Invalid(m);
+        let refusals: Arc<OnceLock<RefusalHook>> = Arc::default();
         let mut documents: HashMap<&str, Arc<Policy>> = HashMap::new();
         documents.insert(ADMINISTRATOR_POLICY, Arc::new(Policy::administrator()));
         documents.insert(
@@ -442,6 +466,7 @@ impl AccessControl {
                 tags: u.tags.clone(),
                 run_as: u.run_as.clone(),
                 policies: attached,
+                refusals: refusals.clone(),
             };
             if principals
                 .insert(u.name.clone(), Arc::new(principal))
@@ -469,6 +494,7 @@ impl AccessControl {
                     } else {
                         Vec::new()
                     },
+                    refusals: refusals.clone(),
                 })
             });
             by_key.insert(
@@ -479,7 +505,13 @@ impl AccessControl {
         Ok(AccessControl {
             credentials: by_key,
             principals,
+            refusals,
         })
+    }
+
+    /// Has `hook` told of every refusal of these users' requests, wherever it is decided.
+    pub fn count_refusals(&self, hook: RefusalHook) {
+        let _ = self.refusals.set(hook);
     }
 
     /// The credential with this access key id and its principal.
@@ -518,6 +550,28 @@ mod tests {
             arn: arns().instance("mi-0aa"),
             tags: vec![("env".into(), env.into())],
         }
+    }
+
+    #[test]
+    fn every_refusal_and_only_refusals_reach_the_hook() {
+        let access = AccessControl::build(&[cred("a")], &[], &[], &[], &arns()).unwrap();
+        let told = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = told.clone();
+        access.count_refusals(RefusalHook::new(move |action| {
+            sink.lock().unwrap().push(action.to_owned())
+        }));
+        let (_, principal) = access.credential("AKIDa").unwrap();
+        principal
+            .authorize("ssm:SendCommand", &resource("dev"))
+            .unwrap();
+        let session = Resource::untagged(arns().session("b-0123"));
+        assert!(principal
+            .authorize("ssm:TerminateSession", &session)
+            .is_err());
+        principal
+            .authorize_owned("ssm:TerminateSession", &session, true)
+            .unwrap();
+        assert_eq!(*told.lock().unwrap(), ["ssm:TerminateSession"]);
     }
 
     #[test]

@@ -99,9 +99,6 @@ pub(crate) async fn handle(
                 .into_response(),
             Err(e) => {
                 info!(code = e.code.as_str(), message = %e.message, "request refused");
-                if e.code == ErrorCode::AccessDenied {
-                    hub.metrics.access_denied(&format!("ssm:{op}"));
-                }
                 e.into_response()
             }
         }
