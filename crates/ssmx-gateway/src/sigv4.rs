@@ -182,16 +182,15 @@ impl Authorization<'_> {
 enum Signature<'a> {
     /// 64 lower-case hex digits of an HMAC-SHA256.
     Hmac(&'a str),
-    /// The RSA signature bytes (sent as standard base64).
-    Rsa(Vec<u8>),
+    /// An RSA signature: as sent (standard base64), and its bytes.
+    Rsa { text: &'a str, bytes: Vec<u8> },
 }
 
 impl Signature<'_> {
-    /// What the replay cache remembers.
-    fn replay_key(&self) -> String {
+    /// The signature as sent: what the replay cache remembers.
+    fn text(&self) -> &str {
         match self {
-            Signature::Hmac(hex) => (*hex).to_owned(),
-            Signature::Rsa(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+            Signature::Hmac(text) | Signature::Rsa { text, .. } => text,
         }
     }
 }
@@ -238,7 +237,10 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error> {
         Signature::Hmac(signature)
     } else {
         match base64::engine::general_purpose::STANDARD.decode(signature) {
-            Ok(bytes) if bytes.len() >= 128 => Signature::Rsa(bytes),
+            Ok(bytes) if bytes.len() >= 128 => Signature::Rsa {
+                text: signature,
+                bytes,
+            },
             _ => {
                 return Err(malformed(
                     "Signature must be 64 hex digits (HMAC) or the base64 of an RSA signature",
@@ -350,12 +352,12 @@ impl Verifier {
                     return Err(SigV4Error::Mismatch);
                 }
             }
-            (SigningKey::Rsa(public_key), Signature::Rsa(given)) => {
+            (SigningKey::Rsa(public_key), Signature::Rsa { bytes: given, .. }) => {
                 let to_sign =
                     rsa_string_to_sign(&request, &auth.signed_headers, &auth.scope(), amz_date)?;
                 verify_rsa_pss(public_key, to_sign.as_bytes(), given)?;
             }
-            (SigningKey::Hmac(_), Signature::Rsa(_)) => {
+            (SigningKey::Hmac(_), Signature::Rsa { .. }) => {
                 return Err(SigV4Error::WrongKind {
                     found: "an RSA signature",
                     expected: "an HMAC signature with an access key",
@@ -383,11 +385,7 @@ impl Verifier {
             });
         }
         if single_use {
-            self.remember(
-                &auth.signature.replay_key(),
-                signed_at + SIGNATURE_WINDOW,
-                now,
-            )?;
+            self.remember(auth.signature.text(), signed_at + SIGNATURE_WINDOW, now)?;
         }
         Ok(Verified {
             access_key_id: auth.access_key_id.to_owned(),

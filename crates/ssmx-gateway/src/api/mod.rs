@@ -27,7 +27,6 @@ use crate::store::{
 use crate::tokens::Purpose;
 
 pub(crate) mod authorize;
-
 mod commands;
 mod documents;
 mod fleet;
@@ -252,7 +251,6 @@ async fn dispatch(hub: &Arc<Hub>, op: &str, parts: RequestParts<'_>) -> ApiResul
             ErrorCode::AccessDenied,
             "UpdateInstanceInformation is for agent credentials",
         )),
-
         _ => Err(ApiError::new(
             ErrorCode::UnknownOperation,
             format!("operation {op:?} is not served by this gateway (X-Amz-Target must be AmazonSSM.<Operation>)"),
