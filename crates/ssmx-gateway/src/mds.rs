@@ -237,7 +237,7 @@ pub(crate) async fn handle(
 
 /// The message id, if it is a job of `instance_id` (`aws.ssm.<command>.<instance>`).
 fn own_message<'a>(instance_id: &str, message_id: &'a str) -> Result<&'a str, ApiError> {
-    if message_id.ends_with(&format!(".{instance_id}")) {
+    if ssmx_protocol::command::is_job_of(message_id, instance_id) {
         Ok(message_id)
     } else {
         Err(ApiError::new(

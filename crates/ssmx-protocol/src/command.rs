@@ -104,6 +104,13 @@ pub fn command_id_of(job_id: &str) -> Option<&str> {
     (!command.is_empty() && !instance.is_empty()).then_some(command)
 }
 
+/// True when `job_id` names a job of `instance_id` (it ends in `.<instance_id>`).
+pub fn is_job_of(job_id: &str, instance_id: &str) -> bool {
+    job_id
+        .strip_suffix(instance_id)
+        .is_some_and(|rest| rest.ends_with('.'))
+}
+
 /// `agent_job`: service → agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentJob {
@@ -368,6 +375,16 @@ fn json_string(value: &impl Serialize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_id_names_its_instance() {
+        let id = job_id("c-1", "mi-0123456789abcdef0");
+        assert!(is_job_of(&id, "mi-0123456789abcdef0"));
+        assert!(!is_job_of(&id, "0123456789abcdef0"));
+        assert!(!is_job_of(&id, "mi-0"));
+    }
+
     #[test]
     fn the_official_agents_first_reply_with_nulls_parses() {
         // As the official agent 3.3 sends it before any plugin ran (recorded).
@@ -377,8 +394,6 @@ mod tests {
         assert!(reply.additional_info.runtime_status_counts.is_empty());
         assert_eq!(reply.runtime_status, None);
     }
-
-    use super::*;
 
     /// The final reply the official agent sent in OFFICIAL-AGENT.md §9.6 (E6).
     const OFFICIAL_REPLY: &str = r#"{"additionalInfo":{"agent":{"lang":"en-US","name":"amazon-ssm-agent","os":"linux","osver":"1","ver":"3.3.0.0"},"dateTime":"2026-11-22T00:43:00.518Z","runId":"","runtimeStatusCounts":{"Failed":1},"ableToOpenMGSConnection":false},"documentStatus":"Failed","documentTraceOutput":"","runtimeStatus":{"aws:runShellScript":{"status":"Failed","code":3,"name":"aws:runShellScript","output":"hello-from-mds\n\n----------ERROR-------\nto-stderr\nfailed to run commands: exit status 3","startDateTime":"2026-11-22T00:43:00.489Z","endDateTime":"2026-11-22T00:43:00.515Z","outputS3BucketName":"","outputS3KeyPrefix":"","stepName":"","standardOutput":"hello-from-mds\n","standardError":"to-stderr\nfailed to run commands: exit status 3"}}}"#;

@@ -336,7 +336,7 @@ pub(crate) async fn on_job_ack(hub: &Hub, instance_id: &str, ack: AgentJobAck) {
     let Some(command_id) = wire::command_id_of(&ack.job_id).map(str::to_owned) else {
         return;
     };
-    if !ack.job_id.ends_with(&format!(".{instance_id}")) {
+    if !wire::is_job_of(&ack.job_id, instance_id) {
         warn!(job = %ack.job_id, "ignoring an agent_job_ack for another instance");
         return;
     }
@@ -381,7 +381,7 @@ pub(crate) async fn on_job_reply(
     reply_message_id: String,
     reply: AgentJobReply,
 ) -> Option<bytes::Bytes> {
-    if !reply.job_id.ends_with(&format!(".{instance_id}")) {
+    if !wire::is_job_of(&reply.job_id, instance_id) {
         warn!(job = %reply.job_id, "ignoring an agent_job_reply for another instance");
         return None;
     }
